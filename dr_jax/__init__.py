@@ -1,0 +1,1 @@
+"""dr_jax: train deep-research agents with reinforcement learning, in JAX."""

@@ -1,0 +1,14 @@
+"""Shared fixtures: the `shared/` data folder and the real Qwen2.5 tokenizer, built offline."""
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent: the shared data folder sits beside the project root")
+    return SHARED
