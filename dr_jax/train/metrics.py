@@ -1,0 +1,152 @@
+"""Where a training run reports: metrics.jsonl, TensorBoard event files, a progress bar, samples.
+
+Every record is one JSON line `{"step": s, "time": unix_s, "<group>/<name>": value, ...}` and
+the same scalars as TensorBoard tags. Resuming from step s rewrites history to the state at s:
+JSONL lines and event-file points after s are dropped (`purge_step`), so a run killed between
+two checkpoints and resumed reads as one continuous run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+
+@dataclass
+class MetricsConfig:
+    """What a run writes besides checkpoints."""
+
+    tensorboard: bool = True
+    """Write TensorBoard event files to <run_dir>/tb."""
+    progress_bar: bool = True
+    """Show a tqdm progress bar over the GRPO steps."""
+    samples_per_step: int = 2
+    """Trajectories dumped as text to <run_dir>/samples/step_XXXXXX.md each step (0 = none)."""
+    bar_keys: tuple[str, ...] = ("train/reward", "train/format_error_rate", "val/reward")
+    """Metrics shown next to the progress bar."""
+
+
+class MetricsWriter:
+    """Appends step records to JSONL + TensorBoard and drives the progress bar."""
+
+    def __init__(
+        self, run_dir: str | Path, config: MetricsConfig, *, total_steps: int, start_step: int = 0
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.jsonl_path = self.run_dir / "metrics.jsonl"
+        truncate_jsonl(self.jsonl_path, after_step=start_step)
+        self._tb = (
+            SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1, flush_secs=10)
+            if config.tensorboard
+            else None
+        )
+        self._bar = (
+            tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step")
+            if config.progress_bar
+            else None
+        )
+        self._shown: dict[str, float] = {}
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Write one record; non-finite values are kept in JSON as null."""
+        record = {"step": step, "time": round(time.time(), 3)}
+        record.update({k: _jsonable(v) for k, v in metrics.items()})
+        with self.jsonl_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in metrics.items():
+                if isinstance(value, int | float) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, global_step=step)
+            self._tb.flush()
+        for key in self.config.bar_keys:
+            if key in metrics:
+                self._shown[key.removeprefix("train/")] = float(metrics[key])
+        if self._bar is not None and self._shown:
+            self._bar.set_postfix({k: f"{v:.3f}" for k, v in self._shown.items()}, refresh=True)
+
+    def advance(self) -> None:
+        """One GRPO step finished."""
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def dump_samples(self, step: int, samples: Sequence[Mapping[str, object]]) -> Path | None:
+        """Write trajectories as readable text: header fields, then the decoded conversation."""
+        if not samples:
+            return None
+        out_dir = self.run_dir / "samples"
+        out_dir.mkdir(exist_ok=True)
+        path = out_dir / f"step_{step:06d}.md"
+        parts = []
+        for i, sample in enumerate(samples):
+            header = ", ".join(f"{k}={v}" for k, v in sample.items() if k != "text")
+            parts.append(f"## sample {i}: {header}\n\n```\n{sample.get('text', '')}\n```\n")
+        path.write_text(f"# step {step}\n\n" + "\n".join(parts))
+        return path
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """All records of a metrics.jsonl (a torn last line from a kill is ignored)."""
+    records = []
+    p = Path(path)
+    if not p.exists():
+        return records
+    for line in p.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_jsonl(path: Path, *, after_step: int) -> None:
+    """Keep only records with step <= after_step (atomic rewrite)."""
+    if not path.exists():
+        return
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= after_step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.replace(path)
+
+
+def metrics_table(records: Iterable[Mapping[str, object]], keys: Sequence[str]) -> str:
+    """A Markdown table, one row per step that has any of `keys` (records merged by step)."""
+    by_step: dict[int, dict] = {}
+    for r in records:
+        by_step.setdefault(int(r["step"]), {}).update(r)
+    rows = [(s, r) for s, r in sorted(by_step.items()) if any(k in r for k in keys)]
+    lines = ["| step | " + " | ".join(keys) + " |", "|---:" * (len(keys) + 1) + "|"]
+    for step, r in rows:
+        cells = [_fmt(r.get(k)) for k in keys]
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1e4 else f"{value:.3g}"
+    return str(value)
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return _jsonable(value.item())
+    return value
