@@ -12,3 +12,11 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent: the shared data folder sits beside the project root")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    """The real Qwen2.5 tokenizer, built offline once per test session (shared: do not mutate)."""
+    from dr_jax.models.tokenizer import qwen2_tokenizer
+
+    return qwen2_tokenizer()
