@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 TINY = "tiny"
-"""`PolicyConfig.path` value meaning: a random tiny Qwen2-architecture model with the real tokenizer."""
+"""`PolicyConfig.path` for a random tiny Qwen2-architecture model with the real tokenizer."""
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class PolicyConfig:
     """Which policy to load, and in which compute dtype."""
 
     path: str = TINY
-    """HF checkpoint directory (config.json + *.safetensors + tokenizer), or "tiny" for a random tiny model."""
+    """HF checkpoint dir (config.json, *.safetensors, tokenizer) or "tiny" (random tiny model)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Compute dtype; parameters stay float32 and logits are always float32."""
     seed: int = 0
@@ -36,11 +36,11 @@ class SamplerConfig:
     """Where tokens come from: the in-process JAX sampler or an SGLang server, and how to sample."""
 
     kind: Literal["jax", "sglang"] = "jax"
-    """"jax": sample in this process from the policy; "sglang": POST token ids to an SGLang server."""
+    """"jax": sample in this process from the policy; "sglang": an SGLang server at `url`."""
     url: str = "http://127.0.0.1:30000"
     """SGLang server base URL (kind="sglang" only)."""
     temperature: float = 1.0
-    """Sampling temperature; 0 means greedy (argmax). DeepResearcher trained and evaluated at 1.0."""
+    """Sampling temperature; 0 = greedy (argmax). DeepResearcher trained and evaluated at 1.0."""
     top_p: float = 1.0
     """Nucleus sampling mass in (0, 1]."""
     top_k: int = -1
@@ -54,7 +54,7 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
-            raise ValueError(f"--sampler.temperature must be >= 0 (0 = greedy), got {self.temperature}.")
+            raise ValueError(f"--sampler.temperature must be >= 0, got {self.temperature}.")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"--sampler.top-p must be in (0, 1], got {self.top_p}.")
         if self.top_k == 0 or self.top_k < -1:
