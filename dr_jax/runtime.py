@@ -1,0 +1,86 @@
+"""Builders shared by the launchers: policy, tokenizer, sampler, and tools (with the world).
+
+Each turns one config piece from `dr_jax.config` (or `ToolsConfig`) into a live object, so
+`launch/train.py` and `launch/eval.py` assemble a run the same way.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import jax.numpy as jnp
+from transformers import PreTrainedTokenizerBase
+
+from dr_jax.config import PolicyConfig, SamplerConfig
+from dr_jax.models import ModelConfig, Policy, init_policy, load_pretrained
+from dr_jax.models.tokenizer import load_tokenizer, qwen2_tokenizer
+from dr_jax.rollout import JaxSampler, Sampler, SamplingParams, SGLangSampler
+from dr_jax.tools import ToolExecutor, ToolsConfig
+from dr_jax.world import World, WorldServer
+
+LOOPBACK = "127.0.0.1"
+
+
+def build_policy(config: PolicyConfig, mesh: object = None) -> Policy:
+    """The tiny random policy (real Qwen2.5 vocabulary) or a checkpoint loaded from disk."""
+    dtype = jnp.dtype(config.dtype)
+    if config.is_tiny:
+        return init_policy(ModelConfig.tiny(), seed=config.seed, dtype=dtype, mesh=mesh)
+    path = Path(config.path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"--policy.path {path} has no config.json: pass an HF checkpoint directory or 'tiny'."
+        )
+    return load_pretrained(path, dtype=dtype, mesh=mesh)
+
+
+def build_tokenizer(config: PolicyConfig) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer, or the real Qwen2.5 tokenizer (built offline) for "tiny"."""
+    return qwen2_tokenizer() if config.is_tiny else load_tokenizer(config.path)
+
+
+def sampling_params(config: SamplerConfig) -> SamplingParams:
+    """Per-turn sampling parameters; temperature 0 is greedy."""
+    return SamplingParams(
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        max_new_tokens=config.max_new_tokens,
+    )
+
+
+def build_sampler(
+    config: SamplerConfig, policy: Policy | None, tokenizer: PreTrainedTokenizerBase
+) -> Sampler:
+    """The in-process JAX sampler over `policy`, or a client of the SGLang server at `url`."""
+    if config.kind == "sglang":
+        return SGLangSampler(config.url)
+    if policy is None:
+        raise ValueError("--sampler.kind jax samples from a policy: build one with build_policy.")
+    return JaxSampler(
+        policy,
+        eos_token_ids=(tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id),
+        max_batch_size=config.max_batch_size,
+        max_seq_len=config.max_seq_len,
+    )
+
+
+@asynccontextmanager
+async def start_world_tools(
+    config: ToolsConfig, world: World | None = None, world_seed: int = 0
+) -> AsyncIterator[ToolExecutor]:
+    """A started `ToolExecutor`; for backend "world" without a URL, also the world's server.
+
+    The offline world (`world`, or one generated from `world_seed`) is served on loopback for
+    the life of the context, and the executor is pointed at it and allowed to browse it.
+    Other backends (or a world already served at `search_url`) just open the executor.
+    """
+    if config.search_backend != "world" or config.search_url:
+        async with ToolExecutor(config) as tools:
+            yield tools
+        return
+    world = world if world is not None else World.generate(seed=world_seed)
+    with WorldServer(world, host=LOOPBACK, port=0) as server:
+        served = config.replace(search_url=server.url, allow_hosts=(*config.allow_hosts, LOOPBACK))
+        async with ToolExecutor(served) as tools:
+            yield tools
