@@ -1,0 +1,89 @@
+"""BM25 search over the world's pages, with query-dependent snippets.
+
+The index sees the title (twice, so a name query finds its page first) and the article text
+without navigation boilerplate; a snippet is the page sentence sharing the most query words.
+"""
+
+import html
+import re
+import threading
+
+import bm25s
+import numpy as np
+
+_BLOCK = re.compile(r"</?(?:h\d|p|li|ul|caption|tr|article)\b[^>]*>")
+_TAG = re.compile(r"<[^>]+>")
+_ARTICLE = re.compile(r"<article>(.*?)</article>", re.S)
+_INFOBOX = re.compile(r"<table.*?</table>", re.S)
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_WORD = re.compile(r"\w\w+")
+
+
+def page_text(page_html: str) -> str:
+    """Visible article text of a world page, one block per line: no nav, footer or infobox."""
+    match = _ARTICLE.search(page_html)
+    body = _INFOBOX.sub(" ", match.group(1) if match else page_html)
+    text = _TAG.sub("", _BLOCK.sub("\n", body))
+    lines = (" ".join(line.split()) for line in text.splitlines())
+    return html.unescape("\n".join(line for line in lines if line))
+
+
+def snippet(text: str, query: str, max_chars: int = 240) -> str:
+    """The sentence sharing most words with the query (ties: full sentences, then earliest),
+    continued with the sentences after it up to `max_chars`."""
+    words = {w.lower() for w in _WORD.findall(query)}
+    sentences = [s for s in _SENTENCE.split(text) if s]
+    if not sentences:
+        return ""
+
+    def score(i: int) -> tuple[int, bool, int]:
+        overlap = len(words & {w.lower() for w in _WORD.findall(sentences[i])})
+        return overlap, sentences[i].endswith("."), -i
+
+    best = max(range(len(sentences)), key=score)
+    out = sentences[best]
+    for nxt in (s for s in sentences[best + 1 :] if s.endswith(".")):
+        if len(out) + 1 + len(nxt) > max_chars:
+            break
+        out += " " + nxt
+    return out if len(out) <= max_chars else out[: max_chars - 3].rsplit(" ", 1)[0] + "..."
+
+
+class SearchIndex:
+    """BM25 (Lucene variant, English stop words) over `pages`; thread-safe `search`."""
+
+    def __init__(self, pages: dict[str, str], titles: dict[str, str]) -> None:
+        self.paths = list(pages)
+        self.titles = titles
+        self._pages = pages
+        corpus = [f"{titles[p]} {titles[p]} {page_text(pages[p])}" for p in self.paths]
+        self._bm25 = bm25s.BM25()
+        tokens = bm25s.tokenize(corpus, stopwords="en", show_progress=False)
+        self._bm25.index(tokens, show_progress=False)
+        self._vocab = tokens.vocab
+        self._lock = threading.Lock()
+
+    def search(self, query: str, k: int = 10) -> list[dict[str, str]]:
+        """Top-`k` pages as SearXNG results: {"title", "url" (a path), "content"}."""
+        words = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
+        ids = [self._vocab[t] for t in words if t in self._vocab]
+        if not ids:
+            return []
+        k = min(k, len(self.paths))
+        with self._lock:
+            docs, scores = self._bm25.retrieve([ids], k=k, show_progress=False)
+        results = []
+        for doc, score in zip(docs[0], scores[0], strict=True):
+            if score <= 0:
+                break
+            path = self.paths[int(doc)]
+            text = page_text(self._pages[path])
+            results.append(
+                {
+                    "title": self.titles[path],
+                    "url": path,
+                    "content": snippet(text, query),
+                    "score": float(np.round(score, 4)),
+                }
+            )
+        return results

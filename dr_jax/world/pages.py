@@ -1,0 +1,266 @@
+"""Render an entity as an encyclopedia-style HTML page.
+
+Every fact is stated once in prose (with one of several phrasings) and, unless it is the
+page's deferred fact, once more in the infobox, so a reader that drops tables still sees it.
+Long pages push their deferred fact behind thousands of characters of fact-free history
+prose, beyond the first reading window of the browse tool.
+"""
+
+import html
+import random
+
+from dr_jax.world.generator import Entity
+
+SITE = "Worldpedia"
+
+# fact -> phrasings; {s} subject, {v} value (already formatted, links included), {p} possessive
+FACT_SENTENCES: dict[str, tuple[str, ...]] = {
+    "born": (
+        "{s} was born in {v}.",
+        "Records give {v} as the year {s} was born.",
+        "{s} came into the world in {v}.",
+    ),
+    "occupation": (
+        "By trade, {s} was {v}.",
+        "{s} worked as {v} for most of {p} life.",
+        "{s} is remembered chiefly as {v}.",
+    ),
+    "birthplace": (
+        "{s} was born in the city of {v}.",
+        "{s} grew up in {v}, the city of {p} birth.",
+        "The birthplace of {s} was {v}.",
+    ),
+    "employer": (
+        "For much of {p} career {s} worked for {v}.",
+        "{s} spent many years employed by {v}.",
+        "{s} joined the staff of {v} and stayed for decades.",
+    ),
+    "founded": (
+        "{s} was founded in {v}.",
+        "The settlement that became {s} was established in {v}.",
+        "{s} dates its founding to {v}.",
+    ),
+    "population": (
+        "{s} has a population of {v}.",
+        "At the most recent census, {s} counted {v} inhabitants.",
+        "Some {v} people live in {s}.",
+    ),
+    "elevation": (
+        "{s} lies at an elevation of {v} metres.",
+        "The centre of {s} sits {v} metres above sea level.",
+    ),
+    "country": ("{s} is a city in {v}.", "{s} lies in the country of {v}."),
+    "mayor": ("The mayor of {s} is {v}.", "{v} serves as the mayor of {s}."),
+    "established": (
+        "{s} was founded in {v}.",
+        "{s} was established in {v}.",
+        "{s} opened its doors in {v}.",
+    ),
+    "employees": (
+        "{s} employs {v} people.",
+        "The workforce of {s} numbers {v} employees.",
+        "{s} has {v} employees.",
+    ),
+    "industry": ("{s} operates in the {v} industry.", "{s} is a business in {v}."),
+    "founder": (
+        "{s} was founded by {v}.",
+        "{v} founded {s}.",
+        "The founder of {s} was {v}.",
+    ),
+    "headquarters": ("{s} is headquartered in {v}.", "The head office of {s} is in {v}."),
+    "held": ("{s} was held in {v}.", "{s} took place in the year {v}."),
+    "attendance": ("{v} people attended {s}.", "{s} drew an attendance of {v}."),
+    "location": ("The host city of {s} was {v}.", "{s} was staged in the city of {v}."),
+    "organiser": ("{s} was organised by {v}.", "The organiser of {s} was {v}."),
+}
+WORK_SENTENCES: dict[str, dict[str, tuple[str, ...]]] = {
+    "novel": {
+        "released": ("{s} was first published in {v}.", "{s} appeared in print in {v}."),
+        "length": ("The first edition of {s} runs to {v} pages.", "{s} is {v} pages long."),
+        "creator": ("{s} was written by {v}.", "The author of {s} is {v}."),
+        "publisher": ("{s} was published by {v}.", "The publisher of {s} was {v}."),
+    },
+    "film": {
+        "released": ("{s} was released in {v}.", "{s} premiered in {v}."),
+        "length": ("{s} has a running time of {v} minutes.", "{s} runs for {v} minutes."),
+        "creator": ("{s} was directed by {v}.", "The director of {s} was {v}."),
+        "publisher": ("{s} was produced by {v}.", "The studio behind {s} was {v}."),
+    },
+    "album": {
+        "released": ("{s} was released in {v}.", "{s} came out in {v}."),
+        "length": ("{s} lasts {v} minutes.", "The running time of {s} is {v} minutes."),
+        "creator": ("{s} was recorded by {v}.", "The artist behind {s} is {v}."),
+        "publisher": ("{s} was released on the {v} label.", "The label of {s} was {v}."),
+    },
+}
+INFOBOX_LABELS = {
+    "born": "Born", "occupation": "Occupation", "birthplace": "Birthplace",
+    "employer": "Employer", "founded": "Founded", "population": "Population",
+    "elevation": "Elevation", "country": "Country", "mayor": "Mayor",
+    "established": "Founded", "employees": "Employees", "industry": "Industry",
+    "founder": "Founder", "headquarters": "Headquarters", "released": "Released",
+    "length": "Length", "creator": "Creator", "publisher": "Publisher", "held": "Held",
+    "attendance": "Attendance", "location": "Location", "organiser": "Organiser",
+}  # fmt: skip
+SECTIONS = {  # kind -> [(heading, facts)]
+    "person": [("Early life", ("born", "birthplace")), ("Career", ("occupation", "employer"))],
+    "city": [
+        ("History", ("founded", "mayor")),
+        ("Geography", ("country", "elevation")),
+        ("Demographics", ("population",)),
+    ],
+    "organisation": [
+        ("History", ("established", "founder")),
+        ("Operations", ("headquarters", "industry", "employees")),
+    ],
+    "work": [("Production", ("creator", "publisher")), ("Release", ("released", "length"))],
+    "event": [("Background", ("organiser", "location")), ("Edition", ("held", "attendance"))],
+}
+NAV = ("Main page", "Contents", "Current events", "Random article", "About", "Help")
+
+_FILLER = (
+    "The {a} quarter grew slowly around the old {b} road, and its markets drew traders "
+    "from the surrounding valleys.",
+    "Local chroniclers describe long winters, a stubborn {a} guild and a rivalry with the "
+    "nearby {b} estate that lasted for generations.",
+    "A series of floods along the {a} river reshaped the lower districts, after which the "
+    "{b} family paid for new embankments.",
+    "Travellers often remarked on the {a} bells, whose sound was said to carry as far as "
+    "the {b} hills on a still evening.",
+    "Much of the surviving correspondence concerns the {a} archive and a dispute over the "
+    "ownership of the {b} manuscripts.",
+    "Several minor disputes with the {a} council were eventually settled by arbitration "
+    "before the elders of {b}.",
+    "The {a} workshops supplied lamps, rope and sailcloth, and the {b} ferry carried their "
+    "goods across the estuary.",
+    "Historians still debate whether the {a} charter was ever formally sealed, since only "
+    "a copy kept at {b} has survived.",
+    "In the years that followed, the {a} society organised lectures, concerts and a small "
+    "lending library near the {b} gate.",
+    "Visitors from {a} described the place as quiet and orderly, if somewhat suspicious of "
+    "strangers from {b}.",
+)
+_FILLER_HEADINGS = ("Later history", "Archives", "Legacy", "Reception", "Chronicle")
+
+
+def format_value(key: str, value: int | str) -> str:
+    """How a value is printed on pages and in answers (thousands separators for counts)."""
+    if isinstance(value, int) and key in ("population", "employees", "attendance"):
+        return f"{value:,}"
+    return str(value)
+
+
+def fact_sentences(e: Entity) -> dict[str, tuple[str, ...]]:
+    return WORK_SENTENCES[e.subtype] if e.kind == "work" else FACT_SENTENCES
+
+
+def describe(e: Entity, entities: list[Entity]) -> str:
+    """The lead clause after "X is ..."; it never gives away a long page's deferred fact."""
+    if e.deferred in ("occupation", "birthplace", "country", "industry"):
+        return f"a {e.kind} of some local renown"
+    if e.kind == "person":
+        return f"{article(e.attrs['occupation'])} from {entities[e.rels['birthplace']].name}"
+    if e.kind == "city":
+        return f"a city in {e.attrs['country']}"
+    if e.kind == "organisation":
+        return f"a {e.attrs['industry']} company"
+    if e.kind == "work":
+        return f"a {e.subtype}"
+    return f"a recurring {e.subtype.lower()}"
+
+
+def article(noun: str) -> str:
+    """'an astronomer', 'a botanist'."""
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
+def _link(e: Entity) -> str:
+    return f'<a href="{e.path}">{html.escape(e.name)}</a>'
+
+
+def _filler(rng: random.Random, words: list[str], chars: int) -> list[str]:
+    """Fact-free paragraphs (no digits) of about `chars` characters in total."""
+    paragraphs, total = [], 0
+    while total < chars:
+        sentences = [
+            rng.choice(_FILLER).format(a=rng.choice(words), b=rng.choice(words))
+            for _ in range(rng.randint(3, 6))
+        ]
+        paragraph = " ".join(sentences)
+        paragraphs.append(paragraph)
+        total += len(paragraph) + 2
+    return paragraphs
+
+
+def render_page(e: Entity, entities: list[Entity], seed: int, lookalikes: list[int]) -> str:
+    """Full HTML document for one entity; deterministic in (seed, entity).
+
+    `lookalikes` are the ids of its near-duplicates, named in a "not to be confused" hatnote.
+    """
+    rng = random.Random(f"dr_jax.world:{seed}:page:{e.id}")
+    sentences = fact_sentences(e)
+    possessive = rng.choice(("his", "her")) if e.kind == "person" else "its"
+    values = {k: html.escape(format_value(k, v)) for k, v in e.attrs.items()}
+    values.update({k: _link(entities[t]) for k, t in e.rels.items()})
+    name = html.escape(e.name)
+    subject = f"<i>{name}</i>" if e.kind == "work" else name
+
+    def say(fact: str) -> str:
+        value = article(values[fact]) if fact == "occupation" else values[fact]
+        return rng.choice(sentences[fact]).format(s=subject, v=value, p=possessive)
+
+    lead = [f"{subject} is {html.escape(describe(e, entities))}."]
+    body: list[str] = []
+    for heading, facts in SECTIONS[e.kind]:
+        stated = [say(f) for f in facts if f != e.deferred]
+        if stated:
+            body.append(f"<h2>{heading}</h2>\n<p>{' '.join(stated)}</p>")
+    if e.long:
+        words = [entities[rng.randrange(len(entities))].name.split()[0] for _ in range(12)]
+        paragraphs = _filler(rng, words, e.long)
+        per_section = max(1, len(paragraphs) // len(_FILLER_HEADINGS))
+        for i in range(0, len(paragraphs), per_section):
+            heading = _FILLER_HEADINGS[(i // per_section) % len(_FILLER_HEADINGS)]
+            chunk = "\n".join(f"<p>{p}</p>" for p in paragraphs[i : i + per_section])
+            body.append(f"<h2>{heading}</h2>\n{chunk}")
+        body.append(f"<h2>Notes</h2>\n<p>{say(e.deferred)}</p>")
+
+    rows = "\n".join(
+        f"<tr><th>{INFOBOX_LABELS[k]}</th><td>{values[k]}</td></tr>"
+        for k in (*e.attrs, *e.rels)
+        if k != e.deferred
+    )
+    hatnote = ""
+    if lookalikes:
+        others = " or ".join(_link(entities[t]) for t in lookalikes)
+        hatnote = f'<p class="hatnote">Not to be confused with {others}.</p>\n'
+    related = "\n".join(f"<li>{_link(entities[t])}</li>" for t in dict.fromkeys(e.rels.values()))
+    nav = " | ".join(f'<a href="/">{item}</a>' for item in NAV)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>{name} - {SITE}</title></head>
+<body>
+<header><nav class="site-nav"><b>{SITE}</b> | {nav}</nav>
+<form action="/search"><input name="q" placeholder="Search {SITE}"></form></header>
+<main>
+<article>
+<h1>{name}</h1>
+{hatnote}<p>{" ".join(lead)}</p>
+<table class="infobox">
+<caption>{name}</caption>
+{rows}
+</table>
+{chr(10).join(body)}
+<h2>See also</h2>
+<ul>
+{related}
+</ul>
+</article>
+</main>
+<footer><p>This article is part of {SITE}, a fictional encyclopedia generated for research
+agents. Text is available under the Creative Commons Attribution-ShareAlike License.</p>
+<p><a href="/">Privacy policy</a> | <a href="/">About {SITE}</a> | <a href="/">Disclaimers</a>
+</p></footer>
+</body>
+</html>
+"""

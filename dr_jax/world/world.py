@@ -1,0 +1,80 @@
+"""The World: entities, their pages and questions, generated from one seed."""
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from dr_jax.world.generator import Entity, WorldSpec, generate_entities
+from dr_jax.world.index import SearchIndex
+from dr_jax.world.pages import SITE, render_page
+from dr_jax.world.questions import Question, generate_questions
+
+SIZES = {"tiny": 120, "default": 600}
+SPLITS = ("train", "dev", "test")
+
+
+def _spec(seed: int, size: str | int) -> WorldSpec:
+    if isinstance(size, str):
+        if size not in SIZES:
+            raise ValueError(f"unknown world size {size!r}: use one of {sorted(SIZES)} or an int")
+        size = SIZES[size]
+    if size < 40:
+        raise ValueError(f"a world needs at least 40 entities to draw questions (got {size})")
+    return WorldSpec(seed=seed, entities=size)
+
+
+@dataclass
+class World:
+    """Pages (path -> HTML) and questions of one generated world; build with `generate`."""
+
+    seed: int
+    entities: list[Entity]
+    pages: dict[str, str]
+    questions: list[Question]
+    titles: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def generate(cls, seed: int = 0, size: str | int = "default") -> "World":
+        """Deterministic in (seed, size): the same arguments give byte-identical pages.
+
+        `size` is "tiny" (120 entities), "default" (600) or an entity (= page) count.
+        Questions: twice the entity count (at most 20,000), 100 each for dev and test
+        (fewer for small worlds).
+        """
+        spec = _spec(seed, size)
+        entities = generate_entities(spec)
+        lookalikes: dict[int, list[int]] = {}
+        for e in entities:
+            if e.twin is not None:
+                lookalikes.setdefault(e.twin, []).append(e.id)
+                lookalikes.setdefault(e.id, []).append(e.twin)
+        pages = {e.path: render_page(e, entities, seed, lookalikes.get(e.id, [])) for e in entities}
+        total = min(2 * spec.entities, 20_000)
+        questions = generate_questions(entities, seed, total, held_out=min(100, total // 12))
+        titles = {e.path: e.name for e in entities}
+        return cls(seed=seed, entities=entities, pages=pages, questions=questions, titles=titles)
+
+    def split(self, name: str) -> list[Question]:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}: use one of {SPLITS}")
+        return [q for q in self.questions if q.split == name]
+
+    @cached_property
+    def index(self) -> SearchIndex:
+        """BM25 index over the pages, built on first use."""
+        return SearchIndex(self.pages, self.titles)
+
+    def home_page(self) -> str:
+        """The "/" page: a short description and a search box."""
+        return (
+            f"<!DOCTYPE html><html><head><title>{SITE}</title></head><body><h1>{SITE}</h1>"
+            f"<p>{len(self.pages)} articles about a fictional world.</p>"
+            '<form action="/search"><input name="q"><input type="hidden" name="format" '
+            'value="json"></form></body></html>'
+        )
+
+    def export(self, out_dir: str | Path) -> Path:
+        """Write pages/*.html, {train,dev,test}.parquet (DeepResearcher schema) and .jsonl."""
+        from dr_jax.world.export import export_world
+
+        return export_world(self, Path(out_dir))
