@@ -1,0 +1,140 @@
+"""Configuration of the tool executor: which backends, how much patience, how much safety."""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+SEARCH_BACKENDS = ("world", "searxng", "serper", "local")
+SERPER_URL = "https://google.serper.dev/search"
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    """Everything `ToolExecutor` needs; every default works offline against the research world."""
+
+    search_backend: Literal["world", "searxng", "serper", "local"] = "world"
+    """world/searxng: SearXNG JSON at `search_url`; serper: Google via Serper; local: BM25 index."""
+    search_url: str | None = None
+    """Base URL of the SearXNG or world server (e.g. http://127.0.0.1:8080); serper: API URL."""
+    serper_key_env: str = "SERPER_API_KEY"
+    """Environment variable holding the Serper API key (the key is never logged or written)."""
+    local_index: str | None = None
+    """Directory of a BM25 index built with `python -m dr_jax.tools index` (backend "local")."""
+    top_k: int = 10
+    """Results kept per query."""
+    max_queries: int = 3
+    """Only the first N queries of one web_search call run (DeepResearcher: 3)."""
+
+    reader: Literal["none", "llm"] = "none"
+    """none: browse returns raw text windows; llm: a reading agent extracts new information."""
+    reader_url: str | None = None
+    """OpenAI-compatible base URL of the reader LLM, e.g. http://127.0.0.1:30000/v1."""
+    reader_model: str | None = None
+    """Model name sent to the reader endpoint."""
+    reader_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the reader's API key (optional for local servers)."""
+    reader_prompt_file: str | None = None
+    """A prompt template file replacing the built-in reading prompt (see tools/reader.py)."""
+    reader_temperature: float = 0.6
+    """Sampling temperature of the reader LLM."""
+    reader_max_tokens: int = 1024
+    """Completion budget of one reader call."""
+    page_budget: int = 4
+    """At most this many windows of one page are read (llm) or returned (none)."""
+    window_chars: int = 40_960
+    """Characters per window; windows are cut on whitespace (DeepResearcher: 40,960)."""
+    text_format: Literal["markdown", "text"] = "markdown"
+    """How extracted HTML is rendered."""
+    browse_latest_search_only: bool = False
+    """Only URLs returned by the trajectory's latest search may be browsed (DeepResearcher rule)."""
+
+    allow_hosts: tuple[str, ...] = ()
+    """Hosts or IPs exempt from the private-address refusal (tests and the world: "127.0.0.1")."""
+    max_bytes: int = 5_000_000
+    """Refuse page bodies larger than this."""
+    max_redirects: int = 5
+    """Redirect hops followed (each hop is checked for safety)."""
+    connect_timeout: float = 5.0
+    """Seconds to open a connection."""
+    read_timeout: float = 10.0
+    """Seconds to wait for each chunk of a response."""
+    request_timeout: float = 20.0
+    """Seconds for one whole HTTP exchange (defeats slow-drip servers)."""
+    call_timeout: float = 120.0
+    """Seconds for one whole tool call, retries and reading included."""
+    retries: int = 2
+    """Extra attempts after a retryable failure (timeouts, network errors, 5xx, 429)."""
+    backoff_base: float = 0.5
+    """First backoff in seconds; doubles each attempt, with full jitter."""
+    backoff_max: float = 8.0
+    """Longest single wait, including a server's Retry-After."""
+    concurrency: int = 64
+    """Network requests in flight at once, over all trajectories."""
+    per_host: int = 8
+    """Page fetches in flight at once to one host."""
+    extract_workers: int = 2
+    """Processes extracting HTML/PDF text (0: extract in a thread of this process)."""
+    user_agent: str = "dr_jax-tools/0.1 (+research agent)"
+    """User-Agent header of page fetches."""
+
+    cache_path: str | None = None
+    """SQLite file shared by processes (and hosts, on shared storage); None: no cache."""
+    cache_shared_fs: bool = False
+    """cache_path is on storage shared by several hosts (SQLite rollback journal instead of WAL)."""
+    replay: bool = False
+    """Serve only from the cache, never touch the network (reproducible runs)."""
+    search_ttl: float = 7 * 24 * 3600.0
+    """Seconds a cached search result stays valid (DeepResearcher: 7 days)."""
+    page_ttl: float = 24 * 3600.0
+    """Seconds a cached page stays valid."""
+
+    observation_format: Literal["json", "deepresearcher"] = "json"
+    """json: compact JSON; deepresearcher: the original's Python repr with sorted keys."""
+
+    def __post_init__(self) -> None:
+        if self.search_backend not in SEARCH_BACKENDS:
+            raise ValueError(
+                f"search_backend={self.search_backend!r} is unknown; use one of {SEARCH_BACKENDS}"
+            )
+        if self.search_backend == "local" and not self.local_index:
+            raise ValueError(
+                "search_backend='local' needs local_index (build one with "
+                "`python -m dr_jax.tools index CORPUS.jsonl OUT_DIR`)"
+            )
+        if self.reader not in ("none", "llm"):
+            raise ValueError(f"reader={self.reader!r} is unknown; use 'none' or 'llm'")
+        if self.reader == "llm" and not (self.reader_url and self.reader_model):
+            raise ValueError("reader='llm' needs reader_url and reader_model")
+        if self.observation_format not in ("json", "deepresearcher"):
+            raise ValueError(
+                f"observation_format={self.observation_format!r}; use 'json' or 'deepresearcher'"
+            )
+        if self.replay and not self.cache_path:
+            raise ValueError("replay=True serves from the cache: set cache_path")
+        for name in ("top_k", "max_queries", "page_budget", "window_chars", "concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.per_host < 1 or self.retries < 0 or self.extract_workers < 0:
+            raise ValueError("per_host must be >= 1; retries and extract_workers >= 0")
+        object.__setattr__(self, "allow_hosts", tuple(self.allow_hosts))
+
+    @classmethod
+    def deepresearcher(cls, **overrides: object) -> "ToolsConfig":
+        """The original's tool semantics: Serper top-10, 3 queries, 40,960-char windows read by
+        an LLM, browsing limited to the latest search, observations as sorted-key Python repr."""
+        preset = dict(
+            search_backend="serper",
+            top_k=10,
+            max_queries=3,
+            reader="llm",
+            reader_temperature=0.6,
+            window_chars=40_960,
+            browse_latest_search_only=True,
+            observation_format="deepresearcher",
+            search_ttl=7 * 24 * 3600.0,
+        )
+        preset.update(overrides)
+        return cls(**preset)
+
+    def replace(self, **changes: object) -> "ToolsConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,355 @@
+"""Runs the tool calls of many trajectories at once: concurrent, cached, bounded, never raising.
+
+One asyncio event loop drives every call. Network work passes through a global and a per-host
+semaphore, is retried a bounded number of times with exponential backoff and full jitter
+(honouring Retry-After), and identical requests in flight at the same moment are made once.
+Results go to a persistent cache first, so a query is paid for once per cache; in replay mode the
+cache is the only source. Whatever goes wrong becomes text the model reads.
+"""
+
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+
+from dr_jax.tools.cache import ToolCache
+from dr_jax.tools.calls import ToolCall
+from dr_jax.tools.config import ToolsConfig
+from dr_jax.tools.errors import ToolError, ToolsSetupError
+from dr_jax.tools.extract import Document, Extractor, split_windows
+from dr_jax.tools.fetch import fetch_page
+from dr_jax.tools.metrics import ToolMetrics
+from dr_jax.tools.observations import (
+    PageResult,
+    QueryResult,
+    browse_observation,
+    error_observation,
+    search_observation,
+)
+from dr_jax.tools.reader import chat_completion, load_prompt, read_page
+from dr_jax.tools.search import SearchBackend, SearchHit, make_backend
+from dr_jax.tools.session import Note, ToolSession
+
+log = logging.getLogger("dr_jax.tools")
+T = TypeVar("T")
+
+SEARCH_TOOL = "web_search"
+BROWSE_TOOL = "browse_webpage"
+
+
+def _string_list(arguments: dict[str, Any], key: str) -> list[str]:
+    """`arguments[key]` as a non-empty list of strings (a lone string is accepted too)."""
+    value = arguments.get(key)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ToolError("bad_arguments", f"'{key}' must be a non-empty list of strings")
+    items = list(dict.fromkeys(v.strip() for v in value if v.strip()))
+    if not items:
+        raise ToolError("bad_arguments", f"'{key}' holds only empty strings")
+    return items
+
+
+class ToolExecutor:
+    """`async with ToolExecutor(cfg) as tools: await tools.execute(call, session)`.
+
+    Start-up checks the backends (a missing key or an unreachable server raises
+    ToolsSetupError here, not mid-run); `execute` never raises.
+    """
+
+    def __init__(self, config: ToolsConfig) -> None:
+        self.config = config
+        self._backend: SearchBackend = make_backend(config)
+        self._prompt = load_prompt(config.reader_prompt_file)
+        self._reader_key = os.environ.get(config.reader_key_env) or None
+        self._metrics = ToolMetrics()
+        self._rng = random.Random()
+        self._inflight: dict[tuple[str, str], asyncio.Task] = {}
+        self._host_limits: dict[str, asyncio.Semaphore] = {}
+        self._client: httpx.AsyncClient | None = None
+        self._cache: ToolCache | None = None
+        self._extractor: Extractor | None = None
+
+    async def __aenter__(self) -> "ToolExecutor":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._global = asyncio.Semaphore(cfg.concurrency)
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(cfg.read_timeout, connect=cfg.connect_timeout),
+            limits=httpx.Limits(
+                max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
+            ),
+        )
+        try:
+            if cfg.cache_path:
+                self._cache = ToolCache(cfg.cache_path, shared_fs=cfg.cache_shared_fs)
+            if not cfg.replay or cfg.search_backend == "local":
+                await self._backend.start(self._client)
+            if cfg.reader == "llm" and not cfg.replay:
+                await self._check_reader()
+        except BaseException:
+            await self.close()
+            raise
+        self._extractor = Extractor(cfg.extract_workers)
+
+    async def _check_reader(self) -> None:
+        url = (self.config.reader_url or "").rstrip("/") + "/models"
+        try:
+            await self._client.get(url, timeout=self.config.request_timeout)
+        except httpx.HTTPError as e:
+            raise ToolsSetupError(
+                f"reader LLM at {self.config.reader_url} is unreachable ({e!r}); start it or fix "
+                "reader_url (an OpenAI-compatible base URL ending in /v1)"
+            ) from None
+
+    async def close(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        if self._extractor is not None:
+            await asyncio.to_thread(self._extractor.close)
+            self._extractor = None
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    def metrics(self) -> dict:
+        """Calls, errors by kind, retries, network requests, cache hits, latency percentiles."""
+        return self._metrics.snapshot()
+
+    # ----------------------------------------------------------------------------- the API
+
+    async def execute(self, call: ToolCall, session: ToolSession) -> str:
+        """The observation text for `call`; failures are described in the text, never raised."""
+        fmt = self.config.observation_format
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.config.call_timeout):
+                if call.name == SEARCH_TOOL:
+                    text = await self._web_search(call.arguments, session)
+                elif call.name == BROWSE_TOOL:
+                    text = await self._browse(call.arguments, session)
+                else:
+                    self._metrics.errors["unknown_tool"] += 1
+                    text = error_observation(
+                        f"unknown tool {call.name!r}; the tools are {SEARCH_TOOL} and "
+                        f"{BROWSE_TOOL}",
+                        fmt,
+                    )
+        except TimeoutError:
+            self._metrics.errors["call_timeout"] += 1
+            text = error_observation(
+                f"{call.name} failed: timeout after {self.config.call_timeout:g} s", fmt
+            )
+        except ToolError as e:
+            self._metrics.errors[e.kind] += 1
+            text = error_observation(f"{call.name} failed: {e}", fmt)
+        except Exception as e:
+            log.exception("tool call %s failed unexpectedly", call.name)
+            self._metrics.errors["internal"] += 1
+            message = f"{call.name} failed: internal error ({type(e).__name__})"
+            text = error_observation(message, fmt)
+        self._metrics.observe(call.name, time.monotonic() - started)
+        return text
+
+    async def search(self, query: str) -> QueryResult:
+        """One query through cache, de-dup and retries; the error is set instead of raising."""
+        cfg = self.config
+        key = json.dumps(
+            [self._backend.name, cfg.search_url, " ".join(query.split()).lower(), cfg.top_k]
+        )
+
+        async def produce() -> str:
+            hits = await self._retrying(
+                lambda: self._backend.search(self._client, query, cfg.top_k), host=None
+            )
+            return json.dumps([[h.title, h.url, h.snippet] for h in hits])
+
+        try:
+            value = await self._cached("search", key, cfg.search_ttl, produce)
+        except ToolError as e:
+            self._metrics.errors[e.kind] += 1
+            return QueryResult(query, error=f"search failed: {e}")
+        return QueryResult(query, hits=[SearchHit(*item) for item in json.loads(value)])
+
+    async def document(self, url: str) -> Document:
+        """The readable text of `url` (cached by URL); raises ToolError."""
+        local = self._backend.document(url)
+        if local is not None:
+            return local
+
+        async def produce() -> str:
+            host = urlsplit(url).hostname or ""
+            fetched = await self._retrying(
+                lambda: fetch_page(self._client, url, self.config), host=host
+            )
+            doc = await self._extractor.extract(fetched, self.config.text_format)
+            return json.dumps({"url": doc.url, "title": doc.title, "text": doc.text})
+
+        value = json.loads(await self._cached("page", url, self.config.page_ttl, produce))
+        return Document(value["url"], value["title"], value["text"])
+
+    # ------------------------------------------------------------------------------- tools
+
+    async def _web_search(self, arguments: dict[str, Any], session: ToolSession) -> str:
+        queries = _string_list(arguments, "query")[: self.config.max_queries]
+        results = await asyncio.gather(*(self.search(q) for q in queries))
+        session.record_search([(r.query, [h.url for h in r.hits]) for r in results])
+        return search_observation(results, self.config.observation_format)
+
+    async def _browse(self, arguments: dict[str, Any], session: ToolSession) -> str:
+        urls = _string_list(arguments, "url_list")
+        compat = self.config.observation_format == "deepresearcher"
+        if self.config.browse_latest_search_only:
+            outside = [u for u in urls if u not in session.latest_search]
+            # The original silently ignored such URLs; JSON observations say why instead.
+            urls = [u for u in urls if u in session.latest_search] + ([] if compat else outside)
+        pages = await asyncio.gather(*(self._browse_one(url, session) for url in urls))
+        return browse_observation(pages, self.config.observation_format)
+
+    async def _browse_one(self, url: str, session: ToolSession) -> PageResult:
+        cfg = self.config
+        if cfg.browse_latest_search_only and url not in session.latest_search:
+            self._metrics.errors["not_in_search"] += 1
+            return PageResult(
+                url, error="not in the latest search results; browse only URLs it returned"
+            )
+        try:
+            doc = await self.document(url)
+        except ToolError as e:
+            self._metrics.errors[e.kind] += 1
+            if e.kind == "unsafe_url":
+                log.warning("%s", e)
+            return PageResult(url, error=f"browse failed: {e}")
+        windows = split_windows(doc.text, cfg.window_chars)
+        start = session.next_window.get(url, 0)
+        if cfg.reader == "none":
+            end = min(len(windows), start + cfg.page_budget)
+            session.next_window[url] = end
+            pages = [(i, windows[i]) for i in range(start, end)]
+            return PageResult(url, doc.title, pages, total_pages=len(windows))
+        query = session.latest_search.get(url, "")
+        reading = await read_page(
+            self._llm,
+            self._prompt,
+            question=session.question,
+            query=query,
+            memory=session.memory(),
+            windows=windows,
+            start=start,
+            budget=cfg.page_budget,
+        )
+        session.next_window[url] = reading.next_window
+        session.notes.extend(Note(query, url, page, text) for page, text in reading.notes)
+        if reading.error:
+            self._metrics.errors["reader"] += 1
+            if not reading.notes:
+                return PageResult(url, doc.title, error=reading.error)
+        return PageResult(url, doc.title, reading.notes, total_pages=len(windows), notes=True)
+
+    async def _llm(self, prompt: str) -> str:
+        cfg = self.config
+        key = hashlib.sha256(
+            json.dumps([cfg.reader_model, cfg.reader_temperature, prompt]).encode()
+        ).hexdigest()
+
+        async def produce() -> str:
+            return await self._retrying(
+                lambda: chat_completion(
+                    self._client,
+                    cfg.reader_url or "",
+                    cfg.reader_model or "",
+                    prompt,
+                    temperature=cfg.reader_temperature,
+                    max_tokens=cfg.reader_max_tokens,
+                    api_key=self._reader_key,
+                    timeout=cfg.request_timeout,
+                ),
+                host=None,
+            )
+
+        return await self._cached("reader", key, cfg.search_ttl, produce)
+
+    # ---------------------------------------------------------------------- the machinery
+
+    async def _cached(
+        self, kind: str, key: str, ttl: float, produce: Callable[[], Awaitable[str]]
+    ) -> str:
+        """Cache, then an identical request already in flight, then `produce` (made once)."""
+        if self._cache is not None:
+            value = await asyncio.to_thread(
+                self._cache.get, kind, key, None if self.config.replay else ttl
+            )
+            if value is not None:
+                self._metrics.counts["cache_hits"] += 1
+                return value
+            self._metrics.counts["cache_misses"] += 1
+        if self.config.replay:
+            raise ToolError("replay_miss", "not in the cache (replay mode: the network is off)")
+        task = self._inflight.get((kind, key))
+        if task is not None:
+            self._metrics.counts["deduplicated"] += 1
+        else:
+            task = asyncio.create_task(self._produce_and_store(kind, key, produce))
+            self._inflight[(kind, key)] = task
+            task.add_done_callback(lambda _: self._inflight.pop((kind, key), None))
+        # shield: one caller giving up (its own deadline) must not cancel the shared request.
+        return await asyncio.shield(task)
+
+    async def _produce_and_store(
+        self, kind: str, key: str, produce: Callable[[], Awaitable[str]]
+    ) -> str:
+        value = await produce()
+        if self._cache is not None:
+            await asyncio.to_thread(self._cache.put, kind, key, value)
+        return value
+
+    def _host_limit(self, host: str) -> asyncio.Semaphore:
+        """Per-host semaphore ("" = search backends and the reader: only the global limit)."""
+        if host not in self._host_limits:
+            size = self.config.per_host if host else self.config.concurrency
+            self._host_limits[host] = asyncio.Semaphore(size)
+        return self._host_limits[host]
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], host: str | None) -> T:
+        """Run `attempt` under the concurrency limits, retrying retryable ToolErrors.
+
+        Wait before retry n (0-based) ~ U(0, min(backoff_max, backoff_base * 2**n)), or the
+        server's Retry-After when it gives one (refused when longer than backoff_max).
+        """
+        cfg = self.config
+        for n in itertools.count():
+            try:
+                # Host first: waiting for a busy host must not hold one of the global slots.
+                async with self._host_limit(host or ""), self._global:
+                    self._metrics.counts["requests"] += 1
+                    return await attempt()
+            except ToolError as e:
+                if not e.retryable or n == cfg.retries:
+                    raise
+                delay = self._rng.uniform(0.0, min(cfg.backoff_max, cfg.backoff_base * 2**n))
+                if e.retry_after is not None:
+                    if e.retry_after > cfg.backoff_max:
+                        raise ToolError(
+                            e.kind, f"{e}; asked to wait {e.retry_after:g} s, too long"
+                        ) from None
+                    delay = e.retry_after
+                self._metrics.counts["retries"] += 1
+                await asyncio.sleep(delay)

@@ -1,0 +1,140 @@
+"""Bytes to readable text: HTML via trafilatura, PDF via pypdf, plain text as is.
+
+Extraction is CPU-bound (tens of ms per page), so `Extractor` runs it in worker processes and
+the event loop that drives hundreds of trajectories never stalls.
+"""
+
+import asyncio
+import io
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import lxml.html
+import pypdf
+import trafilatura
+
+from dr_jax.tools.errors import ToolError
+from dr_jax.tools.fetch import Fetched
+
+_HTML_TYPES = ("text/html", "application/xhtml+xml")
+_TEXT_TYPES = ("application/json", "application/xml", "text/xml")
+
+
+@dataclass(frozen=True)
+class Document:
+    """The readable part of a page."""
+
+    url: str
+    title: str
+    text: str
+
+
+def _html_title(tree: lxml.html.HtmlElement) -> str:
+    for xpath in ('//meta[@property="og:title"]/@content', "//title/text()", "//h1//text()"):
+        found = [t.strip() for t in tree.xpath(xpath) if t.strip()]
+        if found:
+            return " ".join(found[0].split())
+    return ""
+
+
+def _from_html(body: bytes, url: str, text_format: str) -> tuple[str, str]:
+    tree = trafilatura.load_html(body)
+    if tree is None:
+        raise ToolError("unreadable", f"{url} is not parseable HTML")
+    title = _html_title(tree)
+    text = trafilatura.extract(
+        tree,
+        url=url,
+        output_format="markdown" if text_format == "markdown" else "txt",
+        include_comments=False,
+        include_tables=True,
+    )
+    return title, text or ""
+
+
+def _from_pdf(body: bytes, url: str) -> tuple[str, str]:
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(body))
+        title = str((reader.metadata or {}).get("/Title") or "")
+        text = "\n\n".join((page.extract_text() or "").strip() for page in reader.pages)
+    except Exception as e:  # pypdf raises many types on broken files
+        raise ToolError("unreadable", f"{url} is a PDF that could not be read: {e}") from None
+    return title, text
+
+
+def _decode(body: bytes, charset: str | None) -> str:
+    try:
+        return body.decode(charset or "utf-8", errors="replace")
+    except LookupError:
+        return body.decode("utf-8", errors="replace")
+
+
+def extract_document(fetched: Fetched, text_format: str = "markdown") -> Document:
+    """Readable text of a fetched body, chosen by media type (sniffed when it is missing).
+
+    Binary formats other than PDF are refused with a ToolError the model can read.
+    """
+    media, body, url = fetched.media_type, fetched.body, fetched.url
+    head = body[:1024].lstrip().lower()
+    if media == "application/pdf" or body.startswith(b"%PDF-"):
+        title, text = _from_pdf(body, url)
+    elif b"\x00" in body[:8192]:
+        raise ToolError("unsupported", f"{url} is binary content ({media or 'unknown type'})")
+    elif media in _HTML_TYPES or (not media and head.startswith((b"<!doctype html", b"<html"))):
+        title, text = _from_html(body, url, text_format)
+    elif media.startswith("text/") or media in _TEXT_TYPES or not media:
+        title, text = "", _decode(body, fetched.charset)
+    else:
+        raise ToolError("unsupported", f"{url} is {media} content, which cannot be read as text")
+    text = text.strip()
+    if not text:
+        raise ToolError("empty", f"{url} has no readable text")
+    return Document(url=url, title=title, text=text)
+
+
+def split_windows(text: str, window_chars: int) -> list[str]:
+    """Cut `text` into windows of at most `window_chars` characters, each ending on whitespace
+    when there is any in its second half (so words are not split)."""
+    windows, start = [], 0
+    while start < len(text):
+        end = start + window_chars
+        if end < len(text):
+            cut = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
+            if cut > start + window_chars // 2:
+                end = cut
+        window = text[start:end].strip()
+        if window:
+            windows.append(window)
+        start = end
+    return windows
+
+
+class Extractor:
+    """Runs `extract_document` in `workers` processes (0: in a thread of this process)."""
+
+    def __init__(self, workers: int) -> None:
+        self._workers = workers
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> Executor:
+        if self._workers == 0:
+            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="dr_jax-extract")
+        # forkserver: workers are forked from a clean server process that imported this module
+        # once, so start-up is fast and a parent holding JAX/threads is never forked.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["dr_jax.tools.extract"])
+        return ProcessPoolExecutor(max_workers=self._workers, mp_context=context)
+
+    async def extract(self, fetched: Fetched, text_format: str) -> Document:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, extract_document, fetched, text_format)
+        except BrokenProcessPool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            raise ToolError("extract", f"text extraction crashed on {fetched.url}") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
