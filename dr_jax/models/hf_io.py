@@ -1,0 +1,229 @@
+"""Hugging Face checkpoints in and out: `config.json` + `*.safetensors` <-> Policy.
+
+Names: our stacked `layers/attn/q_proj/kernel` [L, D, H, Dh] is HF's
+`model.layers.{i}.self_attn.q_proj.weight` [H*Dh, D] for each layer i (kernels are the
+transpose of torch's Linear weight, with the head axes split out).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, SingleDeviceSharding
+
+from dr_jax.models.config import ModelConfig
+from dr_jax.models.policy import Policy, abstract_model, named_shardings
+from dr_jax.models.safetensors_io import read_safetensors, write_safetensors
+
+_INDEX = "model.safetensors.index.json"
+_TOP_LEVEL = {
+    ("embed",): "model.embed_tokens.weight",
+    ("norm", "scale"): "model.norm.weight",
+    ("lm_head", "kernel"): "lm_head.weight",
+}
+_MODULE_NAMES = {
+    "attn": "self_attn",
+    "input_norm": "input_layernorm",
+    "post_attn_norm": "post_attention_layernorm",
+}
+Path_ = tuple[str, ...]
+
+
+def hf_name(path: Path_, layer: int | None = None) -> str:
+    """Our parameter path (+ layer index for stacked ones) -> the HF tensor name."""
+    if path in _TOP_LEVEL:
+        return _TOP_LEVEL[path]
+    *modules, leaf = path[1:]
+    suffix = "bias" if leaf == "bias" else "weight"
+    modules = [_MODULE_NAMES.get(m, m) for m in modules]
+    return ".".join(["model.layers", str(layer), *modules, suffix])
+
+
+def hf_shape(path: Path_, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """HF shape of one (per-layer) parameter of ours. Kernels are [out, in] with heads merged;
+    o_proj is the one kernel whose input has two axes (heads, head_dim)."""
+    if path[-1] == "kernel":
+        if path[-2] == "o_proj":
+            return (shape[-1], math.prod(shape[:-1]))
+        return (math.prod(shape[1:]), shape[0])
+    if path[-1] == "bias":
+        return (math.prod(shape),)
+    return shape
+
+
+def to_ours(path: Path_, tensor: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return (tensor.T if path[-1] == "kernel" else tensor).reshape(shape)
+
+
+def to_hf(path: Path_, array: np.ndarray) -> np.ndarray:
+    shape = hf_shape(path, array.shape)
+    return array.reshape(shape[::-1]).T if path[-1] == "kernel" else array.reshape(shape)
+
+
+class _Checkpoint:
+    """The tensors of a checkpoint directory, memory-mapped, found by name across shards."""
+
+    def __init__(self, directory: Path):
+        index = directory / _INDEX
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted({directory / name for name in weight_map.values()})
+        else:
+            files = sorted(directory.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{directory}: no *.safetensors files (nor {_INDEX})")
+        self.location: dict[str, Path] = {}
+        self.tensors: dict[str, np.ndarray] = {}
+        for file in files:
+            if not file.is_file():
+                raise FileNotFoundError(f"{file}: listed in {index} but missing")
+            for name, tensor in read_safetensors(file).items():
+                self.tensors[name] = tensor
+                self.location[name] = file
+        self.directory = directory
+
+    def get(self, name: str, expected_shape: tuple[int, ...]) -> np.ndarray:
+        if name not in self.tensors:
+            raise ValueError(f"{self.directory}: tensor {name} is missing from the checkpoint")
+        tensor = self.tensors[name]
+        if tuple(tensor.shape) != tuple(expected_shape):
+            raise ValueError(
+                f"{self.location[name]}: tensor {name} has shape {tuple(tensor.shape)}, "
+                f"config.json implies {tuple(expected_shape)}"
+            )
+        return tensor
+
+
+def read_config(directory: str | Path) -> ModelConfig:
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (an HF model directory has config.json)")
+    try:
+        return ModelConfig.from_hf(json.loads(path.read_text()))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def load_pretrained(
+    path: str | Path, *, dtype=jnp.float32, mesh: Mesh | None = None, remat: bool = False
+) -> Policy:
+    """A Policy with f32 params read from an HF directory; `dtype` is the compute dtype.
+
+    Tensors are memory-mapped and each device receives only its own shard (on a mesh, placed by
+    the default logical-axis rules), so host memory peaks near one layer's tensor per device.
+    """
+    directory = Path(path)
+    config = read_config(directory)
+    checkpoint = _Checkpoint(directory)
+    graphdef, abstract = abstract_model(config)
+    if mesh is None:
+        device = SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, abstract)
+    else:
+        shardings = named_shardings(abstract, mesh)
+    flat_shardings = dict(nnx.to_flat_state(shardings))
+
+    def load(path: Path_, var: nnx.Variable) -> nnx.Variable:
+        shape = var.get_value().shape
+        stacked = path[0] == "layers"
+        layer_shape = shape[1:] if stacked else shape
+
+        def read(name: str) -> np.ndarray:
+            tensor = checkpoint.get(name, hf_shape(path, layer_shape))
+            return to_ours(path, tensor, layer_shape)
+
+        def block(index: tuple[slice, ...]) -> np.ndarray:
+            if stacked:
+                layers = range(config.num_layers)[index[0]]
+                parts = [read(hf_name(path, i))[index[1:]] for i in layers]
+                return np.stack(parts).astype(np.float32)
+            return np.asarray(read(hf_name(path))[index], dtype=np.float32)
+
+        sharding = flat_shardings[path].get_value()
+        return var.replace(jax.make_array_from_callback(shape, sharding, block))
+
+    params = nnx.from_flat_state([(p, load(p, v)) for p, v in nnx.to_flat_state(abstract)])
+    return Policy(config, graphdef, params, dtype=dtype, remat=remat)
+
+
+def save_pretrained(
+    policy: Policy,
+    path: str | Path,
+    *,
+    dtype=jnp.float32,
+    max_shard_bytes: int = 4 << 30,
+) -> Path:
+    """Writes `config.json` and HF-named safetensors (sharded above max_shard_bytes, with an
+    index) that `transformers.AutoModelForCausalLM.from_pretrained` loads. dtype=jnp.bfloat16
+    halves the files (e.g. for an SGLang weight sync). Returns the directory."""
+    directory = Path(path)
+    np_dtype = np.dtype(dtype)
+    entries = []
+    for key, var in nnx.to_flat_state(policy.params):
+        array = var.get_value()
+        if key[0] == "layers":
+            for i in range(policy.config.num_layers):
+                entries.append(_entry(key, array, i, np_dtype))
+        else:
+            entries.append(_entry(key, array, None, np_dtype))
+    shards = _split(entries, max_shard_bytes)
+    if jax.process_index() != 0:
+        for shard in shards:  # join the cross-host gathers; process 0 writes
+            for *_, make in shard:
+                make()
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    config = policy.config.to_hf(dtype=np_dtype.name)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if len(shards) == 1:
+        write_safetensors(directory / "model.safetensors", shards[0])
+        (directory / _INDEX).unlink(missing_ok=True)
+        return directory
+    weight_map, total = {}, 0
+    for n, shard in enumerate(shards, start=1):
+        name = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+        write_safetensors(directory / name, shard)
+        for tensor_name, shape, dt, _ in shard:
+            weight_map[tensor_name] = name
+            total += math.prod(shape) * dt.itemsize
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / _INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    return directory
+
+
+def _host(array: jax.Array) -> np.ndarray:
+    """The full value on this host (gathered from other hosts when the array spans them)."""
+    if array.is_fully_addressable:
+        return np.asarray(jax.device_get(array))
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def _entry(key: Path_, array: jax.Array, layer: int | None, dtype: np.dtype):
+    shape = array.shape if layer is None else array.shape[1:]
+
+    def make() -> np.ndarray:
+        value = _host(array if layer is None else array[layer])
+        return to_hf(key, value).astype(dtype)
+
+    return hf_name(key, layer), hf_shape(key, shape), dtype, make
+
+
+def _split(entries: list, max_bytes: int) -> list[list]:
+    """Consecutive groups of tensors, each group under max_bytes (a larger tensor stands alone)."""
+    shards: list[list] = [[]]
+    size = 0
+    for entry in entries:
+        nbytes = math.prod(entry[1]) * entry[2].itemsize
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += nbytes
+    return shards

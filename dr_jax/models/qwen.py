@@ -1,0 +1,202 @@
+"""The Qwen2 / Qwen2.5 / Qwen3 dense decoder in Flax NNX.
+
+    x = embed[tokens]
+    for each of L layers (one `jax.lax.scan` over stacked weights):
+        x = x + Attention(RMSNorm(x))          GQA, RoPE, optional q/k bias or q/k RMSNorm
+        x = x + W_down(silu(W_gate x) * W_up x)  after RMSNorm
+    hidden = RMSNorm(x);  logits = hidden @ W_out   (W_out = embed^T when tied)
+
+Every parameter is an `nnx.Param` whose `axes` metadata names its logical axes
+("vocab", "embed", "heads", "kv_heads", "head_dim", "mlp"); the stacked layer axis is unnamed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dr_jax.models.config import ModelConfig
+
+_MASKED = -1e30  # finite, so a query row with no visible key (left padding) stays NaN-free
+_INIT_STD = 0.02
+
+KV = tuple[jax.Array, jax.Array]  # one layer's cache: k, v [B, S, Hkv, Dh]
+
+
+class Linear(nnx.Module):
+    """y = x · W (+ b): the last len(in_shape) axes of x contract with W[*in_shape, *out_shape]."""
+
+    def __init__(
+        self,
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        axes: tuple[str | None, ...],
+        *,
+        bias: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        kernel = _INIT_STD * jax.random.normal(rngs.params(), (*in_shape, *out_shape))
+        self.kernel = nnx.Param(kernel, axes=axes)
+        self.bias = nnx.Param(jnp.zeros(out_shape), axes=axes[len(in_shape) :]) if bias else None
+        self.n_in = len(in_shape)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.tensordot(x, self.kernel[...], axes=self.n_in)
+        return y if self.bias is None else y + self.bias[...]
+
+
+class RMSNorm(nnx.Module):
+    """y = scale * x / sqrt(mean(x^2) + eps), the statistics in float32."""
+
+    def __init__(self, dim: int, eps: float, axis: str | None):
+        self.scale = nnx.Param(jnp.ones((dim,)), axes=(axis,))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...] * y.astype(x.dtype)
+
+
+def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos, sin f32[B, T, 1, Dh/2] of angle p * theta^(-2i/Dh) for positions i32[B, T]."""
+    inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles = positions.astype(jnp.float32)[..., None, None] * inv_freq
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates each pair (x_i, x_{i+Dh/2}) of x [B, T, H, Dh] by its angle ("rotate half")."""
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(Dh) | mask) v with grouped query heads.
+
+    q [B, T, H, Dh], k/v [B, S, Hkv, Dh], mask bool[B, T, S] -> [B, T, H, Dh]; query head h reads
+    key/value head h // (H / Hkv). Scores and softmax are float32.
+    """
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, None, None], scores / math.sqrt(head_dim), _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(batch, length, heads, head_dim)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, h, kv, dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q_axes, kv_axes = ("embed", "heads", "head_dim"), ("embed", "kv_heads", "head_dim")
+        bias = cfg.qkv_bias
+        self.q_proj = Linear((d,), (h, dh), q_axes, bias=bias, rngs=rngs)
+        self.k_proj = Linear((d,), (kv, dh), kv_axes, bias=bias, rngs=rngs)
+        self.v_proj = Linear((d,), (kv, dh), kv_axes, bias=bias, rngs=rngs)
+        self.o_proj = Linear((h, dh), (d,), ("heads", "head_dim", "embed"), rngs=rngs)
+        self.q_norm = RMSNorm(dh, cfg.rms_norm_eps, "head_dim") if cfg.qk_norm else None
+        self.k_norm = RMSNorm(dh, cfg.rms_norm_eps, "head_dim") if cfg.qk_norm else None
+
+    def __call__(
+        self,
+        x: jax.Array,
+        rope: tuple[jax.Array, jax.Array],
+        mask: jax.Array,
+        cache: KV | None = None,
+        slots: jax.Array | None = None,
+    ) -> tuple[jax.Array, KV | None]:
+        """x [B, T, D] -> [B, T, D]. With a cache, k/v of x are first written at slots i32[B, T]
+        (out-of-range slots are dropped) and the queries attend over the cache's S slots."""
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            rows = jnp.arange(x.shape[0])[:, None]
+            k = cache[0].at[rows, slots].set(k.astype(cache[0].dtype), mode="drop")
+            v = cache[1].at[rows, slots].set(v.astype(cache[1].dtype), mode="drop")
+            cache = (k, v)
+        return self.o_proj(attention(q, k, v, mask)), cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = Linear((d,), (f,), ("embed", "mlp"), rngs=rngs)
+        self.up_proj = Linear((d,), (f,), ("embed", "mlp"), rngs=rngs)
+        self.down_proj = Linear((f,), (d,), ("mlp", "embed"), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed")
+        self.attn = Attention(cfg, rngs=rngs)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed")
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, rope, mask, cache=None, slots=None):
+        h, cache = self.attn(self.input_norm(x), rope, mask, cache, slots)
+        x = x + h
+        return x + self.mlp(self.post_attn_norm(x)), cache
+
+
+class Qwen(nnx.Module):
+    """The decoder: token ids -> final hidden states; `unembed` turns them into logits."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        table = _INIT_STD * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size))
+        self.embed = nnx.Param(table, axes=("vocab", "embed"))
+        keys = jax.random.split(rngs.params(), cfg.num_layers)
+        make_layer = lambda key: DecoderLayer(cfg, rngs=nnx.Rngs(params=key))
+        self.layers = nnx.vmap(make_layer, in_axes=0, out_axes=0)(keys)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed")
+        self.lm_head = (
+            None
+            if cfg.tie_word_embeddings
+            else Linear((cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab"), rngs=rngs)
+        )
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        *,
+        cache: KV | None = None,
+        slots: jax.Array | None = None,
+        remat: bool = False,
+    ) -> tuple[jax.Array, KV | None]:
+        """tokens/positions i32[B, T], mask bool[B, T, S] -> hidden [B, T, D] and the new cache
+        (k, v [L, B, S, Hkv, Dh]) when one is given."""
+        x = jnp.take(self.embed[...], tokens, axis=0)
+        rope = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
+        graphdef, stacked = nnx.split(self.layers)
+
+        def block(x, layer_state_and_cache):
+            layer_state, layer_cache = layer_state_and_cache
+            return nnx.merge(graphdef, layer_state)(x, rope, mask, layer_cache, slots)
+
+        if remat:
+            block = jax.checkpoint(block)
+        x, cache = jax.lax.scan(block, x, (stacked, cache))
+        return self.norm(x), cache
+
+    def unembed(self, hidden: jax.Array) -> jax.Array:
+        """hidden [..., D] -> float32 logits [..., V] (accumulated in float32 for bf16 compute)."""
+        if self.lm_head is None:
+            return jnp.einsum(
+                "...d,vd->...v", hidden, self.embed[...], preferred_element_type=jnp.float32
+            )
+        return jnp.einsum(
+            "...d,dv->...v", hidden, self.lm_head.kernel[...], preferred_element_type=jnp.float32
+        )

@@ -1,0 +1,206 @@
+"""dr_jax.models is numerically the transformers Qwen2 / Qwen3 model, in f32, bf16 and decoding."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from models_reference import CONFIGS, hf_logits, left_padded_batch, random_hf_model, save_hf
+
+from dr_jax.models import KVCache, ModelConfig, init_policy, load_pretrained
+
+LENGTHS = [7, 12, 3]  # a left-padded batch: rows of 7, 12 and 3 real tokens
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def pair(request, tmp_path_factory):
+    """(transformers model, dr_jax policy loaded from its saved safetensors)."""
+    model = random_hf_model(request.param)
+    directory = save_hf(model, tmp_path_factory.mktemp(request.param))
+    return model, load_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def qwen3_pair(tmp_path_factory):
+    model = random_hf_model("qwen3-headdim24-gqa2")
+    return model, load_pretrained(save_hf(model, tmp_path_factory.mktemp("qwen3")))
+
+
+def test_logits_match_transformers_on_left_padded_batch(pair):
+    model, policy = pair
+    tokens, mask = left_padded_batch(policy.config.vocab_size, LENGTHS)
+    ours = np.asarray(policy.logits(tokens, mask))
+    ref = hf_logits(model, tokens, mask)
+    real = mask.astype(bool)
+    assert ours.dtype == np.float32
+    assert np.abs(ours - ref)[real].max() <= 1e-4
+
+
+def test_padded_query_rows_are_finite(qwen3_pair):
+    _, policy = qwen3_pair
+    tokens, mask = left_padded_batch(policy.config.vocab_size, LENGTHS)
+    assert np.isfinite(np.asarray(policy.logits(tokens, mask))).all()
+
+
+def test_left_padding_does_not_change_a_rows_logits(qwen3_pair):
+    _, policy = qwen3_pair
+    tokens, mask = left_padded_batch(policy.config.vocab_size, LENGTHS)
+    alone = policy.logits(tokens[2:, -3:], mask[2:, -3:])
+    padded = policy.logits(tokens, mask)[2:, -3:]
+    np.testing.assert_allclose(padded, alone, atol=1e-5)
+
+
+def test_hidden_states_then_unembed_equal_logits(qwen3_pair):
+    _, policy = qwen3_pair
+    tokens, mask = left_padded_batch(policy.config.vocab_size, LENGTHS)
+    hidden = policy.apply(policy.params, tokens, mask, return_hidden=True)
+    assert hidden.shape == (*tokens.shape, policy.config.hidden_size)
+    logits = policy.unembed(policy.params, hidden)
+    np.testing.assert_allclose(logits, policy.logits(tokens, mask), atol=1e-5)
+
+
+def test_bf16_compute_stays_within_documented_tolerance(qwen3_pair):
+    """bf16 compute (f32 master params, f32 logits): |Δlogits| <= 0.05 + 0.02 * max|logits|."""
+    _, policy = qwen3_pair
+    tokens, mask = left_padded_batch(policy.config.vocab_size, LENGTHS)
+    ref = np.asarray(policy.logits(tokens, mask))
+    bf16 = policy.replace(dtype=jnp.bfloat16)
+    ours = bf16.logits(tokens, mask)
+    assert ours.dtype == jnp.float32
+    assert jax.tree.leaves(bf16.params)[0].dtype == jnp.float32
+    error = np.abs(np.asarray(ours) - ref)[mask.astype(bool)].max()
+    assert error <= 0.05 + 0.02 * np.abs(ref).max()
+
+
+def _loss(policy, params, tokens, mask):
+    return jnp.mean(policy.apply(params, tokens, mask)[..., 0] ** 2)
+
+
+def test_remat_gives_the_same_gradients(qwen3_pair):
+    _, policy = qwen3_pair
+    tokens, mask = left_padded_batch(policy.config.vocab_size, LENGTHS)
+    grads = jax.jit(jax.grad(lambda p: _loss(policy, p, tokens, mask)))(policy.params)
+    remat = policy.replace(remat=True)
+    remat_grads = jax.jit(jax.grad(lambda p: _loss(remat, p, tokens, mask)))(policy.params)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def _decode(policy, cache, rows):
+    """Prefill each row's prompt (right-padded, one call), then feed the rest 1 token per step.
+
+    rows: list of (token list, prompt length). Returns each row's logits per fed position.
+    """
+    batch = len(rows)
+    width = max(p for _, p in rows)
+    prompt = np.zeros((batch, width), np.int32)
+    for b, (toks, p) in enumerate(rows):
+        prompt[b, :p] = toks[:p]
+    logits, cache = policy.extend(
+        policy.params, cache, prompt, np.array([p for _, p in rows], np.int32)
+    )
+    outputs = [[np.asarray(logits[b])] for b in range(batch)]
+    for step in range(max(len(t) - p for t, p in rows)):
+        next_tokens = np.zeros((batch, 1), np.int32)
+        num_new = np.zeros(batch, np.int32)
+        for b, (toks, p) in enumerate(rows):
+            if p + step < len(toks):
+                next_tokens[b, 0], num_new[b] = toks[p + step], 1
+        logits, cache = policy.extend(policy.params, cache, next_tokens, num_new)
+        for b in range(batch):
+            if num_new[b]:
+                outputs[b].append(np.asarray(logits[b]))
+    return outputs, cache
+
+
+def test_prefill_then_decode_matches_full_forward(pair):
+    """Rows of different prompt and total lengths (some idle in a step) decode like the
+    full forward of each sequence alone."""
+    _, policy = pair
+    rng = np.random.default_rng(1)
+    rows = [(rng.integers(0, 256, n).tolist(), p) for n, p in [(9, 4), (6, 6), (11, 2)]]
+    outputs, cache = _decode(policy, policy.init_cache(len(rows), 16), rows)
+    assert isinstance(cache, KVCache)
+    np.testing.assert_array_equal(cache.lengths, [9, 6, 11])
+    for (toks, p), got in zip(rows, outputs, strict=True):
+        full = np.asarray(policy.logits(np.array([toks], np.int32)))[0]
+        np.testing.assert_allclose(np.stack(got), full[p - 1 :], atol=1e-4)
+
+
+def test_reset_row_is_reused_for_a_new_sequence(qwen3_pair):
+    _, policy = qwen3_pair
+    rng = np.random.default_rng(2)
+    first = [(rng.integers(0, 256, 8).tolist(), 8), (rng.integers(0, 256, 5).tolist(), 5)]
+    _, cache = _decode(policy, policy.init_cache(2, 12), first)
+    cache = cache.reset(np.array([True, False]))
+    np.testing.assert_array_equal(cache.lengths, [0, 5])
+    new = rng.integers(0, 256, 3).astype(np.int32)
+    tokens = np.stack([new, np.zeros(3, np.int32)])
+    logits, cache = policy.extend(policy.params, cache, tokens, np.array([3, 0], np.int32))
+    full = policy.logits(new[None])[0, -1]
+    np.testing.assert_allclose(logits[0], full, atol=1e-4)
+    np.testing.assert_array_equal(cache.lengths, [3, 5])
+
+
+def test_writes_past_the_cache_end_are_dropped(qwen3_pair):
+    _, policy = qwen3_pair
+    cache = policy.init_cache(1, 4)
+    tokens = np.arange(6, dtype=np.int32)[None]
+    logits, cache = policy.extend(policy.params, cache, tokens, np.array([6], np.int32))
+    assert np.isfinite(np.asarray(logits)).all()
+    assert cache.k.shape[2] == 4
+
+
+def test_logical_axes_name_every_dimension_of_every_param(qwen3_pair):
+    _, policy = qwen3_pair
+    axes = jax.tree.leaves(policy.logical_axes(), is_leaf=lambda x: isinstance(x, tuple))
+    params = jax.tree.leaves(policy.params)
+    assert len(axes) == len(params)
+    for names, array in zip(axes, params, strict=True):
+        assert len(names) == array.ndim
+    known = {None, "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp"}
+    assert {n for names in axes for n in names} <= known
+
+
+def test_tiny_default_uses_the_real_qwen_vocab_and_runs():
+    config = ModelConfig.tiny()
+    assert config.vocab_size == 151_665
+    policy = init_policy(config, seed=0)
+    logits = policy.logits(np.array([[151644, 872, 198]], np.int32))
+    assert logits.shape == (1, 3, 151_665)
+    count = sum(x.size for x in jax.tree.leaves(policy.params))
+    assert count < 12_000_000
+
+
+def test_init_is_deterministic_in_the_seed():
+    config = ModelConfig.tiny(vocab_size=64)
+    a, b, c = (init_policy(config, seed=s).params for s in (0, 0, 1))
+    flat = lambda state: np.concatenate([np.ravel(x) for x in jax.tree.leaves(state)])
+    np.testing.assert_array_equal(flat(a), flat(b))
+    assert not np.array_equal(flat(a), flat(c))
+    assert isinstance(a, nnx.State)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"use_sliding_window": True}, "use_sliding_window"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling"),
+        ({"num_experts": 8}, "num_experts"),
+        ({"hidden_act": "gelu"}, "hidden_act"),
+        ({"model_type": "llama"}, "llama"),
+    ],
+)
+def test_unsupported_hf_options_raise_naming_the_option(change, named):
+    hf = ModelConfig.tiny(vocab_size=64).to_hf()
+    hf.update(change)
+    with pytest.raises(ValueError, match=named):
+        ModelConfig.from_hf(hf)
+
+
+def test_config_survives_hf_round_trip():
+    for config in (ModelConfig.tiny(), ModelConfig.tiny(model_type="qwen3", qkv_bias=False,
+                                                       qk_norm=True, head_dim=32)):  # fmt: skip
+        assert ModelConfig.from_hf(config.to_hf()) == config
