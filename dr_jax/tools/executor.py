@@ -66,9 +66,10 @@ class ToolExecutor:
     ToolsSetupError here, not mid-run); `execute` never raises.
     """
 
-    def __init__(self, config: ToolsConfig) -> None:
+    def __init__(self, config: ToolsConfig, *, search: bool = True) -> None:
+        """`search=False` builds a browse-only executor: no search backend is made or checked."""
         self.config = config
-        self._backend: SearchBackend = make_backend(config)
+        self._backend: SearchBackend | None = make_backend(config) if search else None
         self._prompt = load_prompt(config.reader_prompt_file)
         self._reader_key = os.environ.get(config.reader_key_env) or None
         self._metrics = ToolMetrics()
@@ -98,14 +99,15 @@ class ToolExecutor:
         try:
             if cfg.cache_path:
                 self._cache = ToolCache(cfg.cache_path, shared_fs=cfg.cache_shared_fs)
-            if not cfg.replay or cfg.search_backend == "local":
+            if self._backend is not None and (not cfg.replay or cfg.search_backend == "local"):
                 await self._backend.start(self._client)
             if cfg.reader == "llm" and not cfg.replay:
                 await self._check_reader()
+            self._extractor = Extractor(cfg.extract_workers)
+            await self._extractor.warm_up()
         except BaseException:
             await self.close()
             raise
-        self._extractor = Extractor(cfg.extract_workers)
 
     async def _check_reader(self) -> None:
         url = (self.config.reader_url or "").rstrip("/") + "/models"
@@ -172,6 +174,8 @@ class ToolExecutor:
     async def search(self, query: str) -> QueryResult:
         """One query through cache, de-dup and retries; the error is set instead of raising."""
         cfg = self.config
+        if self._backend is None:
+            return QueryResult(query, error="search failed: this executor was built without search")
         key = json.dumps(
             [self._backend.name, cfg.search_url, " ".join(query.split()).lower(), cfg.top_k]
         )
@@ -191,7 +195,7 @@ class ToolExecutor:
 
     async def document(self, url: str) -> Document:
         """The readable text of `url` (cached by URL); raises ToolError."""
-        local = self._backend.document(url)
+        local = self._backend.document(url) if self._backend is not None else None
         if local is not None:
             return local
 

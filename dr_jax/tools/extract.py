@@ -127,6 +127,13 @@ class Extractor:
         context.set_forkserver_preload(["dr_jax.tools.extract"])
         return ProcessPoolExecutor(max_workers=self._workers, mp_context=context)
 
+    async def warm_up(self) -> None:
+        """Start the workers now, so the first page does not pay for process start-up."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._pool, split_windows, "", 1) for _ in range(self._workers))
+        )
+
     async def extract(self, fetched: Fetched, text_format: str) -> Document:
         loop = asyncio.get_running_loop()
         try:
