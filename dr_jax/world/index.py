@@ -50,31 +50,50 @@ def snippet(text: str, query: str, max_chars: int = 240) -> str:
 
 
 class SearchIndex:
-    """BM25 (Lucene variant, English stop words) over `pages`; thread-safe `search`."""
+    """BM25 (Lucene variant, English stop words) over titles and article text; thread-safe.
+
+    score(page) = BM25_text(page) + TITLE_WEIGHT * BM25_title(page): a page's own name counts
+    even when its article is long (length normalisation would otherwise bury it).
+    """
+
+    TITLE_WEIGHT = 2.0
 
     def __init__(self, pages: dict[str, str], titles: dict[str, str]) -> None:
         self.paths = list(pages)
         self.titles = titles
         self._pages = pages
-        corpus = [f"{titles[p]} {titles[p]} {page_text(pages[p])}" for p in self.paths]
-        self._bm25 = bm25s.BM25()
-        tokens = bm25s.tokenize(corpus, stopwords="en", show_progress=False)
-        self._bm25.index(tokens, show_progress=False)
-        self._vocab = tokens.vocab
+        self._text = self._build([f"{titles[p]} {page_text(pages[p])}" for p in self.paths])
+        self._title = self._build([titles[p] for p in self.paths])
         self._lock = threading.Lock()
 
-    def search(self, query: str, k: int = 10) -> list[dict[str, str]]:
-        """Top-`k` pages as SearXNG results: {"title", "url" (a path), "content"}."""
-        words = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
-        ids = [self._vocab[t] for t in words if t in self._vocab]
+    @staticmethod
+    def _build(corpus: list[str]) -> tuple[bm25s.BM25, dict[str, int]]:
+        tokens = bm25s.tokenize(corpus, stopwords="en", show_progress=False)
+        bm25 = bm25s.BM25()
+        bm25.index(tokens, show_progress=False)
+        return bm25, tokens.vocab
+
+    @staticmethod
+    def _scores(index: tuple[bm25s.BM25, dict[str, int]], words: list[str]) -> np.ndarray:
+        bm25, vocab = index
+        ids = [vocab[w] for w in words if w in vocab]
         if not ids:
-            return []
-        k = min(k, len(self.paths))
+            return np.zeros(bm25.scores["num_docs"], dtype=np.float32)
+        return bm25.get_scores(ids)
+
+    def search(self, query: str, k: int = 10) -> list[dict[str, str]]:
+        """Top-`k` pages as SearXNG results: {"title", "url" (a path), "content", "score"}."""
+        words = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
         with self._lock:
-            docs, scores = self._bm25.retrieve([ids], k=k, show_progress=False)
+            scores = self._scores(self._text, words) + self.TITLE_WEIGHT * self._scores(
+                self._title, words
+            )
+        k = min(k, len(self.paths))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.lexsort((top, -scores[top]))]  # by score, ties by page order
         results = []
-        for doc, score in zip(docs[0], scores[0], strict=True):
-            if score <= 0:
+        for doc in top:
+            if scores[doc] <= 0:
                 break
             path = self.paths[int(doc)]
             text = page_text(self._pages[path])
@@ -83,7 +102,7 @@ class SearchIndex:
                     "title": self.titles[path],
                     "url": path,
                     "content": snippet(text, query),
-                    "score": float(np.round(score, 4)),
+                    "score": round(float(scores[doc]), 4),
                 }
             )
         return results

@@ -108,3 +108,9 @@ def near_duplicate(name: str, rng: random.Random, keep: frozenset[str] = frozens
     swap = rng.choice([v for v in "aeiou" if v != word[k] and v not in neighbours])
     words[i] = word[:k] + swap + word[k + 1 :]
     return " ".join(words)
+
+
+def filler_word(rng: random.Random) -> str:
+    """A 3-syllable word for background prose; longer than most entity stems, so it rarely
+    collides with a name that someone will search for."""
+    return _word(rng, 3)

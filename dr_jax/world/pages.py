@@ -10,6 +10,7 @@ import html
 import random
 
 from dr_jax.world.generator import Entity
+from dr_jax.world.names import filler_word
 
 SITE = "Worldpedia"
 
@@ -216,7 +217,7 @@ def render_page(e: Entity, entities: list[Entity], seed: int, lookalikes: list[i
         if stated:
             body.append(f"<h2>{heading}</h2>\n<p>{' '.join(stated)}</p>")
     if e.long:
-        words = [entities[rng.randrange(len(entities))].name.split()[0] for _ in range(12)]
+        words = [filler_word(rng) for _ in range(12)]
         paragraphs = _filler(rng, words, e.long)
         per_section = max(1, len(paragraphs) // len(_FILLER_HEADINGS))
         for i in range(0, len(paragraphs), per_section):

@@ -1,0 +1,224 @@
+"""A scripted agent that solves world questions through the real tools, turn by turn.
+
+It knows each question's plan (which pages hold which facts) but learns every fact only from
+tool observations: it searches for each page's title, browses the hit, pages on while the
+fact is missing, and answers once all facts were seen. Its traces, in DeepResearcher's turn
+format, prove the questions answerable and serve as demonstrations for a supervised warm start.
+"""
+
+import ast
+import asyncio
+import json
+import re
+from dataclasses import dataclass, field
+
+from dr_jax.reward import f1_score
+from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
+from dr_jax.tools.calls import ToolCall
+from dr_jax.world.questions import Question, Read
+from dr_jax.world.server import WorldServer
+from dr_jax.world.world import World
+
+# fact -> words added to the page title in the search query
+QUERY_WORDS = {
+    "born": "born", "occupation": "occupation", "birthplace": "birthplace",
+    "employer": "employer", "founded": "founded", "population": "population",
+    "elevation": "elevation", "country": "country", "mayor": "mayor",
+    "established": "founded", "employees": "employees", "industry": "industry",
+    "founder": "founder", "headquarters": "headquarters", "released": "released",
+    "length": "length", "creator": "creator", "publisher": "publisher", "held": "held",
+    "attendance": "attendance", "location": "location", "organiser": "organiser",
+}  # fmt: skip
+FACT_NAMES = {"established": "founding year", "held": "year", "born": "birth year"}
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
+
+
+@dataclass
+class Demonstration:
+    """One solved (or failed) question: turns are (assistant text, observation or None)."""
+
+    question: Question
+    turns: list[tuple[str, str | None]] = field(default_factory=list)
+    answer: str = ""
+    f1: float = 0.0
+    search_ranks: list[int | None] = field(default_factory=list)  # 1-based rank per needed page
+
+
+def search_query(read: Read) -> str:
+    return f"{read.title} {QUERY_WORDS[read.fact]}"
+
+
+def _tool_turn(think: str, name: str, arguments: dict) -> str:
+    call = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+    return f"<think>{think}</think>\n<tool_call>\n{call}\n</tool_call>"
+
+
+def _parse(observation: str) -> object:
+    try:
+        return json.loads(observation)
+    except ValueError:
+        return ast.literal_eval(observation)  # observation_format="deepresearcher"
+
+
+def _hits(observation: str) -> list[list[str]]:
+    """URLs per query from a web_search observation (JSON or DeepResearcher repr)."""
+    items = _parse(observation)
+    if not isinstance(items, list):
+        return []
+    out = []
+    for item in items:
+        hits = item.get("results", item.get("web_page_info_list", [])) if item else []
+        out.append([h["url"] for h in hits])
+    return out
+
+
+def _page_texts(observation: str) -> dict[str, tuple[str, bool]]:
+    """url -> (text returned now, whether more windows remain) from a browse observation."""
+    items = _parse(observation)
+    out: dict[str, tuple[str, bool]] = {}
+    for item in items if isinstance(items, list) else []:
+        if "pages" in item:
+            seen = item.get("first_page", 0) + len(item["pages"])
+            out[item["url"]] = ("\n".join(item["pages"]), seen < item.get("total_pages", 0))
+        elif "information" in item:
+            text = "\n".join(p["page_summary"] for p in item["information"])
+            out[item["url"]] = (text, False)
+    return out
+
+
+def evidence_sentence(text: str, value: str) -> str | None:
+    """The prose sentence stating `value` as whole words (table rows only as a fallback)."""
+    pattern = re.compile(rf"(?<!\w){re.escape(value)}(?!\w)")
+    found = [s.strip() for s in _SENTENCE_END.split(text) if pattern.search(s)]
+    prose = [s for s in found if not s.lstrip().startswith("|")]
+    return (prose or found or [None])[0]
+
+
+def _fact_name(fact: str) -> str:
+    return FACT_NAMES.get(fact, fact)
+
+
+class _Run:
+    """One question's trajectory: the turn budget, the session and the facts seen so far."""
+
+    def __init__(self, q: Question, tools: ToolExecutor, base_url: str, max_turns: int):
+        self.q, self.tools, self.base_url, self.max_turns = q, tools, base_url, max_turns
+        self.session = ToolSession(question=q.question)
+        self.demo = Demonstration(q)
+        self.facts: list[str] = []
+
+    def turns_left(self) -> int:
+        return self.max_turns - len(self.demo.turns)
+
+    async def call(self, think: str, name: str, arguments: dict) -> str:
+        text = _tool_turn(think, name, arguments)
+        observation = await self.tools.execute(ToolCall(name, arguments), self.session)
+        self.demo.turns.append((text, observation))
+        return observation
+
+    async def read_round(self, reads: tuple[Read, ...], opening: str) -> bool:
+        """Search for the round's pages, browse them, page on until every fact is seen."""
+        queries = [search_query(r) for r in reads]
+        observation = await self.call(opening, "web_search", {"query": queries})
+        urls = {r.path: self.base_url + r.path for r in reads}
+        hits = _hits(observation)
+        for r, found in zip(reads, hits + [[]] * (len(reads) - len(hits)), strict=False):
+            rank = found.index(urls[r.path]) + 1 if urls[r.path] in found else None
+            self.demo.search_ranks.append(rank)
+        if any(rank is None for rank in self.demo.search_ranks[-len(reads) :]):
+            return False
+        pending = list(reads)
+        titles = " and ".join(f"'{r.title}'" for r in reads)
+        think = f"The results include the pages for {titles}. I will read them."
+        while pending and self.turns_left() > 1:
+            observation = await self.call(
+                think, "browse_webpage", {"url_list": [urls[r.path] for r in pending]}
+            )
+            texts = _page_texts(observation)
+            more, notes = [], []
+            for r in pending:
+                text, has_more = texts.get(urls[r.path], ("", False))
+                sentence = evidence_sentence(text, r.value)
+                if sentence is not None:
+                    notes.append(
+                        f'The page on {r.title} says: "{sentence}" '
+                        f"So the {_fact_name(r.fact)} of {r.title} is {r.value}."
+                    )
+                elif has_more:
+                    more.append(r)
+                else:
+                    return False
+            self.facts.extend(notes)
+            pending = more
+            if pending:
+                think = " ".join(
+                    [*notes, "The rest is not in the part I have read yet; I will read on."]
+                )
+        return not pending
+
+    async def solve(self) -> Demonstration:
+        q, demo = self.q, self.demo
+        opening = f"To answer this I need {self._needs(q.plan[0])}. Let me search for it."
+        solved = True
+        for i, reads in enumerate(q.plan):
+            if i:
+                opening = " ".join(
+                    [*self.facts[-len(q.plan[i - 1]) :], f"Next I need {self._needs(reads)}."]
+                )
+            if not await self.read_round(reads, opening):
+                solved = False
+                break
+        demo.answer = q.answers[0] if solved else "unknown"
+        if not solved:
+            think = "I could not find the facts I need."
+        elif len(q.plan[-1]) > 1:
+            think = " ".join([*self.facts[-len(q.plan[-1]) :], "Comparing the two,"])
+        else:
+            think = " ".join(self.facts[-1:])
+        demo.turns.append(
+            (f"<think>{think} So the answer is {demo.answer}.</think>\n"
+             f"<answer>{demo.answer}</answer>", None)
+        )  # fmt: skip
+        demo.f1 = f1_score(demo.answer, q.answers)
+        return demo
+
+    @staticmethod
+    def _needs(reads: tuple[Read, ...]) -> str:
+        return " and ".join(f"the {_fact_name(r.fact)} of {r.title}" for r in reads)
+
+
+async def solve(
+    question: Question, tools: ToolExecutor, base_url: str, max_turns: int = 10
+) -> Demonstration:
+    """Solve one question with `tools` against the world served at `base_url`."""
+    return await _Run(question, tools, base_url, max_turns).solve()
+
+
+async def demonstrate_async(
+    world: World,
+    questions: list[Question],
+    tools_config: ToolsConfig | None = None,
+    max_turns: int = 10,
+    concurrency: int = 16,
+) -> list[Demonstration]:
+    """Serve `world` on loopback and solve `questions` concurrently with the real tools."""
+    with WorldServer(world) as server:
+        config = (tools_config or ToolsConfig()).replace(
+            search_backend="world",
+            search_url=server.url,
+            reader="none",
+            allow_hosts=("127.0.0.1",),
+        )
+        limit = asyncio.Semaphore(concurrency)
+        async with ToolExecutor(config) as tools:
+
+            async def one(q: Question) -> Demonstration:
+                async with limit:
+                    return await solve(q, tools, server.url, max_turns)
+
+            return await asyncio.gather(*(one(q) for q in questions))
+
+
+def demonstrate(world: World, questions: list[Question], **kwargs) -> list[Demonstration]:
+    """Synchronous `demonstrate_async` (for scripts and tests)."""
+    return asyncio.run(demonstrate_async(world, questions, **kwargs))
