@@ -69,6 +69,10 @@ class LoopbackServer:
         self.url = f"http://{self._host}:{port}"
 
     def stop(self) -> None:
+        """Close the server and every open connection; stopping twice is harmless."""
+        if self._loop.is_closed():
+            return
+
         async def shutdown() -> None:
             self._server.close()
             for task in list(self._connections):

@@ -1,0 +1,164 @@
+"""The persistent cache: nothing is paid for twice, processes share it, replay needs no web."""
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
+from dr_jax.tools.cache import ToolCache
+from dr_jax.tools.calls import ToolCall
+from dr_jax.tools.loopback import LoopbackServer, Reply, Request
+
+PAGE = (
+    b"<html><head><title>Owls</title></head><body><article>"
+    + (b"<p>The barn owl hunts at night and swallows its prey whole.</p>" * 5)
+    + b"</article></body></html>"
+)
+
+
+def _searxng(server_url: str):
+    async def handle(request: Request) -> Reply:
+        if request.path == "/search":
+            q = request.query["q"]
+            results = [{"title": f"Owls {q}", "url": f"{server_url()}/owl.html", "content": q}]
+            body = {"query": q, "number_of_results": 1, "results": results}
+            return Reply(body=json.dumps(body).encode(), content_type="application/json")
+        return Reply(body=PAGE) if request.path == "/owl.html" else Reply(status=404)
+
+    return handle
+
+
+@pytest.fixture
+def web():
+    server = LoopbackServer(_searxng(lambda: server.url))
+    with server:
+        yield server
+
+
+CALLS = [
+    ToolCall("web_search", {"query": ["barn owl", "owl diet"]}),
+    ToolCall("browse_webpage", {"url_list": ["{url}/owl.html"]}),
+]
+
+
+def _session_run(config: ToolsConfig, base_url: str, extra_query: str | None = None):
+    """Run CALLS in one trajectory; returns (observations, metrics)."""
+
+    async def scenario():
+        async with ToolExecutor(config) as tools:
+            session = ToolSession(question="What do barn owls eat?")
+            texts = []
+            for call in CALLS:
+                urls = [u.format(url=base_url) for u in call.arguments.get("url_list", [])]
+                args = {"url_list": urls} if urls else call.arguments
+                texts.append(await tools.execute(ToolCall(call.name, args), session))
+            if extra_query:
+                call = ToolCall("web_search", {"query": [extra_query]})
+                texts.append(await tools.execute(call, session))
+            return texts, tools.metrics()
+
+    return asyncio.run(scenario())
+
+
+def _config(web: LoopbackServer, cache_path, **overrides) -> ToolsConfig:
+    return ToolsConfig(
+        search_backend="world",
+        search_url=web.url,
+        allow_hosts=("127.0.0.1",),
+        cache_path=str(cache_path),
+        extract_workers=0,
+        **overrides,
+    )
+
+
+def test_second_identical_run_makes_no_network_calls(web, tmp_path):
+    first, metrics = _session_run(_config(web, tmp_path / "c.sqlite"), web.url)
+    served = web.requests
+    assert metrics["requests"] == 3  # two searches and one page (start-up probe excluded)
+    second, metrics = _session_run(_config(web, tmp_path / "c.sqlite"), web.url)
+    assert second == first
+    assert metrics["requests"] == 0 and metrics["cache_hits"] == 3
+    assert web.requests == served + 1  # only the start-up reachability probe
+
+
+def test_expired_entries_are_fetched_again(tmp_path):
+    cache = ToolCache(tmp_path / "c.sqlite")
+    cache.put("search", "q", "v")
+    assert cache.get("search", "q", ttl=60) == "v"
+    time.sleep(0.01)
+    assert cache.get("search", "q", ttl=0.001) is None
+    assert cache.get("search", "q", ttl=None) == "v"
+
+
+def test_identical_concurrent_requests_are_made_once(web, tmp_path):
+    async def scenario():
+        config = _config(web, tmp_path / "c.sqlite")
+        async with ToolExecutor(config) as tools:
+            calls = [ToolCall("web_search", {"query": ["same question"]})] * 20
+            texts = await asyncio.gather(*(tools.execute(c, ToolSession("q")) for c in calls))
+            return texts, tools.metrics()
+
+    texts, metrics = asyncio.run(scenario())
+    assert len(set(texts)) == 1
+    assert metrics["requests"] == 1 and metrics["deduplicated"] == 19
+
+
+def test_replay_serves_the_cache_with_the_network_off(web, tmp_path):
+    recorded, _ = _session_run(_config(web, tmp_path / "c.sqlite"), web.url)
+    url = web.url
+    web.stop()  # the network is gone; replay must not need it, even at start-up
+    replayed, metrics = _session_run(
+        _config(web, tmp_path / "c.sqlite", replay=True), url, extra_query="never asked"
+    )
+    assert replayed[:2] == recorded
+    assert metrics["requests"] == 0
+    assert "not in the cache (replay mode" in json.loads(replayed[2])[0]["error"]
+
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
+    from dr_jax.tools.calls import ToolCall
+
+    async def main(url, cache, worker):
+        config = ToolsConfig(search_backend="world", search_url=url, cache_path=cache,
+                             extract_workers=0, allow_hosts=("127.0.0.1",))
+        async with ToolExecutor(config) as tools:
+            queries = [f"shared {i}" for i in range(60)] + [f"own {worker} {i}" for i in range(60)]
+            calls = [ToolCall("web_search", {"query": [q]}) for q in queries]
+            await asyncio.gather(*(tools.execute(c, ToolSession("q")) for c in calls))
+            errors = tools.metrics()["errors"]
+            assert not errors, errors
+
+    if __name__ == "__main__":
+        asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
+    """
+)
+
+
+def test_two_processes_share_one_cache_without_corrupting_it(web, tmp_path):
+    cache = tmp_path / "shared.sqlite"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    procs = [
+        subprocess.Popen([sys.executable, str(script), web.url, str(cache), str(w)])
+        for w in range(2)
+    ]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    with sqlite3.connect(cache) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        keys = [json.loads(k)[2] for (k,) in conn.execute("SELECT key FROM entries")]
+    assert sorted(keys) == sorted(
+        {f"shared {i}" for i in range(60)} | {f"own {w} {i}" for w in range(2) for i in range(60)}
+    )
+    # Every stored result is the one the server gave for that query.
+    with sqlite3.connect(cache) as conn:
+        for key, value in conn.execute("SELECT key, value FROM entries"):
+            assert json.loads(value)[0][2] == json.loads(key)[2]
