@@ -120,6 +120,9 @@ class PromptTemplate:
     generation_prefix: str = "<think>"
     # Extra keyword arguments for `apply_chat_template` (e.g. Qwen3's `enable_thinking`).
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Break special-token strings ("<|im_end|>"...) found in tool output with a zero-width
+    # space, so a web page cannot forge turn boundaries (the original did not).
+    escape_special_tokens: bool = True
 
     @classmethod
     def from_file(
@@ -191,6 +194,8 @@ class PromptTemplate:
             {"role": "assistant", "content": _PLACEHOLDER_TURN},
         ]
         before = self.render(tokenizer, history, False)
+        if self.escape_special_tokens:
+            observation = escape_special_tokens(tokenizer, observation)
         after = self.render(tokenizer, [*history, {"role": "tool", "content": observation}], True)
         if not after.startswith(before):
             raise ValueError(
@@ -223,6 +228,14 @@ def load_tools(path: str | Path) -> list[dict[str, Any]]:
     ):
         raise ValueError(f'{path} must hold a JSON list of {{"type": "function", ...}} objects')
     return tools
+
+
+def escape_special_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+    """`text` with a zero-width space after the first character of every special token."""
+    for token in tokenizer.all_special_tokens:
+        if token in text:
+            text = text.replace(token, f"{token[0]}\u200b{token[1:]}")
+    return text
 
 
 def default_prompt() -> PromptTemplate:
