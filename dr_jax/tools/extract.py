@@ -95,15 +95,16 @@ def extract_document(fetched: Fetched, text_format: str = "markdown") -> Documen
 
 
 def split_windows(text: str, window_chars: int) -> list[str]:
-    """Cut `text` into windows of at most `window_chars` characters, each ending on whitespace
-    when there is any in its second half (so words are not split)."""
+    """Cut `text` into windows of at most `window_chars` characters, each ending at a paragraph
+    break, else at whitespace, found in its second half (so words are never split)."""
     windows, start = [], 0
     while start < len(text):
         end = start + window_chars
         if end < len(text):
-            cut = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
-            if cut > start + window_chars // 2:
-                end = cut
+            half = start + window_chars // 2
+            paragraph = text.rfind("\n\n", half, end)
+            space = max(text.rfind(" ", half, end), text.rfind("\n", half, end))
+            end = paragraph if paragraph > 0 else space if space > 0 else end
         window = text[start:end].strip()
         if window:
             windows.append(window)
