@@ -129,7 +129,7 @@ def byte_to_unicode() -> dict[int, str]:
     table = {b: chr(b) for b in printable}
     shifted = (b for b in range(256) if b not in table)
     table.update((b, chr(256 + i)) for i, b in enumerate(shifted))
-    return dict(sorted(table.items()))
+    return table
 
 
 def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
@@ -192,6 +192,7 @@ def qwen2_tokenizer() -> PreTrainedTokenizerFast:
 
     Built once per process (~3 s) and shared: do not mutate it (`copy.deepcopy` it first).
     """
+    # Qwen2.5 lists every special token but <|endoftext|> (the pad) as "additional".
     special = [content for content, is_special in QWEN2_ADDED_TOKENS if is_special]
     return PreTrainedTokenizerFast(
         tokenizer_object=qwen2_backend(),
