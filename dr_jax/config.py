@@ -49,8 +49,8 @@ class SamplerConfig:
     """Cap on tokens generated per assistant turn (DeepResearcher: 2000)."""
     max_batch_size: int = 16
     """JAX sampler: rows decoded together (KV-cache batch)."""
-    max_seq_len: int = 32768
-    """JAX sampler: KV-cache length per row (prompt + all turns + observations)."""
+    max_seq_len: int = 8192
+    """JAX sampler: KV-cache length per row; it bounds the context (prompt, turns, observations)."""
 
     def __post_init__(self) -> None:
         if self.temperature < 0:

@@ -62,6 +62,7 @@ def build_sampler(
         eos_token_ids=(tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id),
         max_batch_size=config.max_batch_size,
         max_seq_len=config.max_seq_len,
+        tokenizer=tokenizer,
     )
 
 

@@ -1,0 +1,37 @@
+"""Evaluate a policy on QA benchmarks (F1 / EM / LLM judge per dataset), or score a result file.
+
+    python launch/eval.py                                   # tiny policy on the offline world
+    python launch/eval.py run --dataset ../shared/data/deepresearcher/test.parquet --limit 20
+    python launch/eval.py run --policy.path CKPT --sampler.kind sglang --sampler.url URL \\
+        --tools.search-backend serper --judge.url https://api.openai.com/v1
+    python launch/eval.py score rollout_step_0.json --dataset test.parquet   # DeepResearcher output
+"""
+
+import asyncio
+from typing import Annotated
+
+import tyro
+
+from dr_jax.eval import EvalConfig, ScoreConfig, evaluate, render_markdown, score_results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse the command line, run it, print the summary table; returns the summary."""
+    config = tyro.cli(
+        Annotated[EvalConfig, tyro.conf.subcommand("run", description="Evaluate a policy.")]
+        | Annotated[
+            ScoreConfig, tyro.conf.subcommand("score", description="Score a rollout JSON file.")
+        ],
+        default=EvalConfig(),
+        args=argv,
+    )
+    if isinstance(config, ScoreConfig):
+        summary = asyncio.run(score_results(config))
+    else:
+        summary = asyncio.run(evaluate(config))
+    print(render_markdown(summary["datasets"], summary["meta"]))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
