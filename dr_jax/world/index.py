@@ -4,6 +4,7 @@ The index sees the title (twice, so a name query finds its page first) and the a
 without navigation boilerplate; a snippet is the page sentence sharing the most query words.
 """
 
+import functools
 import html
 import re
 import threading
@@ -28,21 +29,25 @@ def page_text(page_html: str) -> str:
     return html.unescape("\n".join(line for line in lines if line))
 
 
-def snippet(text: str, query: str, max_chars: int = 240) -> str:
+def sentences(text: str) -> list[tuple[str, frozenset[str]]]:
+    """Sentences (and headings) of `text`, each with its set of lower-case words."""
+    return [(s, frozenset(w.lower() for w in _WORD.findall(s))) for s in _SENTENCE.split(text) if s]
+
+
+def snippet(parts: list[tuple[str, frozenset[str]]], query: str, max_chars: int = 240) -> str:
     """The sentence sharing most words with the query (ties: full sentences, then earliest),
     continued with the sentences after it up to `max_chars`."""
-    words = {w.lower() for w in _WORD.findall(query)}
-    sentences = [s for s in _SENTENCE.split(text) if s]
-    if not sentences:
+    if not parts:
         return ""
-
-    def score(i: int) -> tuple[int, bool, int]:
-        overlap = len(words & {w.lower() for w in _WORD.findall(sentences[i])})
-        return overlap, sentences[i].endswith("."), -i
-
-    best = max(range(len(sentences)), key=score)
-    out = sentences[best]
-    for nxt in (s for s in sentences[best + 1 :] if s.endswith(".")):
+    words = {w.lower() for w in _WORD.findall(query)}
+    best = max(
+        range(len(parts)),
+        key=lambda i: (len(words & parts[i][1]), parts[i][0].endswith("."), -i),
+    )
+    out = parts[best][0]
+    for nxt, _ in parts[best + 1 :]:
+        if not nxt.endswith("."):
+            continue
         if len(out) + 1 + len(nxt) > max_chars:
             break
         out += " " + nxt
@@ -57,6 +62,7 @@ class SearchIndex:
     """
 
     TITLE_WEIGHT = 2.0
+    SNIPPET_CHARS = 4_000  # snippets come from the top of a page, as in a search engine
 
     def __init__(self, pages: dict[str, str], titles: dict[str, str]) -> None:
         self.paths = list(pages)
@@ -65,6 +71,10 @@ class SearchIndex:
         self._text = self._build([f"{titles[p]} {page_text(pages[p])}" for p in self.paths])
         self._title = self._build([titles[p] for p in self.paths])
         self._lock = threading.Lock()
+        self._head = functools.lru_cache(maxsize=4096)(self._head_sentences)
+
+    def _head_sentences(self, path: str) -> list[tuple[str, frozenset[str]]]:
+        return sentences(page_text(self._pages[path])[: self.SNIPPET_CHARS])
 
     @staticmethod
     def _build(corpus: list[str]) -> tuple[bm25s.BM25, dict[str, int]]:
@@ -96,12 +106,11 @@ class SearchIndex:
             if scores[doc] <= 0:
                 break
             path = self.paths[int(doc)]
-            text = page_text(self._pages[path])
             results.append(
                 {
                     "title": self.titles[path],
                     "url": path,
-                    "content": snippet(text, query),
+                    "content": snippet(self._head(path), query),
                     "score": round(float(scores[doc]), 4),
                 }
             )

@@ -60,6 +60,10 @@ class World:
         return [q for q in self.questions if q.split == name]
 
     @cached_property
+    def entities_by_path(self) -> dict[str, Entity]:
+        return {e.path: e for e in self.entities}
+
+    @cached_property
     def index(self) -> SearchIndex:
         """BM25 index over the pages, built on first use."""
         return SearchIndex(self.pages, self.titles)
