@@ -1,0 +1,383 @@
+"""In-process sampler over the policy's KV cache, with continuous batching.
+
+A fixed number of slots (rows of one `KVCache`) decode together. Requests from the concurrent
+agent loop queue up; between decode chunks every free slot takes a waiting request, which is
+prefilled on a small cache of its own (batch and length bucketed to powers of two, so prefill
+compiles once per bucket, not per request) and copied into its row. A decode chunk is
+`decode_chunk` steps of `lax.scan` in one jitted call, so dispatch is paid once per chunk; a
+row that stops mid-chunk just stops writing. One long trajectory therefore never idles the
+other slots: they are refilled as soon as their request ends.
+
+Sampling per row: z = logits / T; the token is drawn from softmax(z) truncated by top-k / top-p
+(inverse CDF with one uniform per row; greedy = argmax when T = 0), and its log-prob is
+log softmax(z)[token] of the untruncated distribution (T = 1 for greedy), which is what
+`losses.token_logprobs(logits, tokens, T)` computes in training. The uniform of a row's n-th
+token comes from fold_in(PRNGKey(request seed), n): same seed, same tokens, whichever slot or
+batch the request lands in.
+
+Parameters are the policy's own arrays (`update_params` swaps them, no copy), so a sampler
+colocated with the learner reads its sharded params on its mesh directly.
+"""
+
+import asyncio
+import dataclasses
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dr_jax.models import KVCache, Policy
+from dr_jax.rollout.sampler import SampleResult, SamplingParams
+
+MAX_STOP_IDS = 8  # stop ids per row on device (eos ids + the request's own)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Slots:
+    """Per-row decoding state, [B] each (stop_ids [B, MAX_STOP_IDS], key u32[B, 2])."""
+
+    pending: Any  # last sampled token, not yet in the cache
+    count: Any  # tokens sampled so far
+    active: Any  # decoding (has a pending token to write)
+    key: Any  # raw PRNG key of the request
+    temperature: Any
+    top_p: Any
+    top_k: Any
+    max_new: Any
+    stop_ids: Any  # -1 padded
+
+    @classmethod
+    def empty(cls, batch: int) -> "Slots":
+        return cls(
+            pending=np.zeros(batch, np.int32),
+            count=np.zeros(batch, np.int32),
+            active=np.zeros(batch, bool),
+            key=np.zeros((batch, 2), np.uint32),
+            temperature=np.ones(batch, np.float32),
+            top_p=np.ones(batch, np.float32),
+            top_k=np.full(batch, -1, np.int32),
+            max_new=np.ones(batch, np.int32),
+            stop_ids=np.full((batch, MAX_STOP_IDS), -1, np.int32),
+        )
+
+
+def truncate_logprobs(logp: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Array:
+    """logp f32[B, V] with entries outside each row's top-k and top-p nucleus set to -inf.
+
+    The nucleus is the shortest prefix (by descending probability) whose mass reaches top_p;
+    ties at the threshold are kept.
+    """
+    vocab = logp.shape[-1]
+    ordered = -jnp.sort(-logp, axis=-1)
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    kth = jnp.take_along_axis(ordered, (k - 1)[:, None], axis=-1)[:, 0]
+    mass = jnp.cumsum(jnp.exp(ordered), axis=-1)
+    reached = mass >= top_p[:, None]
+    last = jnp.where((top_p < 1) & reached.any(-1), jnp.argmax(reached, axis=-1), vocab - 1)
+    pth = jnp.take_along_axis(ordered, last[:, None], axis=-1)[:, 0]
+    threshold = jnp.maximum(kth, pth)[:, None]
+    return jnp.where(logp >= threshold, logp, -jnp.inf)
+
+
+def sample_tokens(
+    logits: jax.Array,
+    keys: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    top_k: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """logits f32[B, V], raw keys u32[B, 2] -> (tokens i32[B], log-probs f32[B]) (module doc)."""
+    greedy = temperature <= 0
+    z = logits.astype(jnp.float32) / jnp.where(greedy, 1.0, temperature)[:, None]
+    logp = jax.nn.log_softmax(z, axis=-1)
+    needs_cut = jnp.any(~greedy & ((top_p < 1) | (top_k > 0)))
+    cut = jax.lax.cond(needs_cut, truncate_logprobs, lambda lp, p, k: lp, logp, top_p, top_k)
+    tiny = jnp.finfo(jnp.float32).tiny
+    u = jax.vmap(lambda k: jax.random.uniform(k, (), minval=tiny, maxval=1.0))(keys)
+    cdf = jnp.cumsum(jnp.exp(cut - jnp.max(cut, axis=-1, keepdims=True)), axis=-1)
+    drawn = jnp.argmax(cdf >= u[:, None] * cdf[:, -1:], axis=-1)
+    tokens = jnp.where(greedy, jnp.argmax(logp, axis=-1), drawn).astype(jnp.int32)
+    return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+
+
+def _emit(slots: Slots, logits: jax.Array, rows: jax.Array) -> tuple[Slots, jax.Array, jax.Array]:
+    """Samples the next token of `rows` bool[B]; returns slots, tokens (-1 off rows), log-probs."""
+    keys = jax.vmap(jax.random.fold_in)(slots.key, slots.count)
+    tokens, logprobs = sample_tokens(logits, keys, slots.temperature, slots.top_p, slots.top_k)
+    count = slots.count + rows
+    stopped = jnp.any(tokens[:, None] == slots.stop_ids, axis=-1) | (count >= slots.max_new)
+    slots = dataclasses.replace(
+        slots,
+        pending=jnp.where(rows, tokens, slots.pending),
+        count=count,
+        active=jnp.where(rows, ~stopped, slots.active),
+    )
+    return slots, jnp.where(rows, tokens, -1), logprobs
+
+
+@dataclasses.dataclass
+class _Request:
+    prompt: list[int]
+    params: SamplingParams
+    seed: int
+    stop_ids: tuple[int, ...]
+    max_new: int
+    future: asyncio.Future
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+
+    def result(self, reason: str) -> SampleResult:
+        return SampleResult(self.tokens, self.logprobs, reason)
+
+
+def _bucket(n: int, floor: int) -> int:
+    """Smallest power of two >= max(n, floor)."""
+    return 1 << (max(n, floor, 1) - 1).bit_length()
+
+
+class JaxSampler:
+    """`Sampler` running the policy in this process; see the module doc."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        eos_token_ids: Sequence[int] = (),
+        max_batch_size: int = 16,
+        max_seq_len: int = 4096,
+        decode_chunk: int = 16,
+        prefill_chunk: int = 1024,
+        min_prefill_bucket: int = 64,
+        tokenizer: Any = None,
+        seed: int = 0,
+    ) -> None:
+        if max_batch_size < 1 or max_seq_len < 2 or decode_chunk < 1:
+            raise ValueError("max_batch_size >= 1, max_seq_len >= 2 and decode_chunk >= 1 needed")
+        if prefill_chunk & (prefill_chunk - 1) or min_prefill_bucket & (min_prefill_bucket - 1):
+            raise ValueError("prefill_chunk and min_prefill_bucket must be powers of two")
+        self.policy = policy
+        self.params = policy.params
+        self.eos_token_ids = tuple(eos_token_ids)
+        self.batch = max_batch_size
+        self.max_len = max_seq_len
+        self.decode_chunk = decode_chunk
+        self.prefill_chunk = prefill_chunk
+        self.min_bucket = min_prefill_bucket
+        self.tokenizer = tokenizer
+        self._seeds = itertools.count(seed << 20)
+        self._cache = policy.init_cache(max_batch_size, max_seq_len)
+        self._slots = Slots.empty(max_batch_size)
+        self._rows: list[_Request | None] = [None] * max_batch_size
+        self._waiting: deque[_Request] = deque()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._decode = jax.jit(self._decode_fn, static_argnums=3, donate_argnums=1)
+        self._prefill = jax.jit(self._prefill_fn, static_argnums=(6, 7), donate_argnums=1)
+        self.stats = {"prefill_calls": 0, "decode_calls": 0, "decode_steps": 0, "tokens": 0}
+
+    def update_params(self, params: Any) -> None:
+        """Samples with `params` from the next chunk on (the learner's arrays, not a copy)."""
+        self.params = params
+
+    # ----------------------------------------------------------------------- device code
+
+    def _decode_fn(self, params, cache: KVCache, slots: Slots, steps: int):
+        """`steps` decode steps: write each active row's pending token, sample the next one.
+        Returns the cache, slots, tokens i32[steps, B] (-1 where idle) and log-probs."""
+
+        def step(carry, _):
+            cache, slots = carry
+            logits, cache = self.policy.extend(
+                params, cache, slots.pending[:, None], slots.active.astype(jnp.int32)
+            )
+            slots, tokens, logprobs = _emit(slots, logits, slots.active)
+            return (cache, slots), (tokens, logprobs)
+
+        (cache, slots), (tokens, logprobs) = jax.lax.scan(step, (cache, slots), length=steps)
+        return cache, slots, tokens, logprobs
+
+    def _prefill_fn(self, params, cache: KVCache, slots: Slots, rows, tokens, lengths, n, chunk):
+        """Prefills prompts tokens i32[b, n] (right-padded, lengths i32[b]) on a fresh [b, n]
+        cache in chunks, copies it into cache rows `rows` i32[b] (B = padding, dropped) and
+        samples each row's first token. Returns cache, slots, tokens i32[B], log-probs f32[B]."""
+        b = tokens.shape[0]
+        small = self.policy.init_cache(b, n)
+
+        def step(carry, i):
+            small, last = carry
+            piece = jax.lax.dynamic_slice_in_dim(tokens, i * chunk, chunk, axis=1)
+            num_new = jnp.clip(lengths - i * chunk, 0, chunk)
+            logits, small = self.policy.extend(params, small, piece, num_new)
+            return (small, jnp.where((num_new > 0)[:, None], logits, last)), None
+
+        last = jnp.zeros((b, self.policy.config.vocab_size), jnp.float32)
+        (small, last), _ = jax.lax.scan(step, (small, last), jnp.arange(n // chunk))
+        span = min(n, cache.max_len)
+        k = cache.k.at[:, rows, :span].set(small.k[:, :, :span], mode="drop")
+        v = cache.v.at[:, rows, :span].set(small.v[:, :, :span], mode="drop")
+        cache = KVCache(k, v, cache.lengths.at[rows].set(lengths, mode="drop"))
+        logits = (
+            jnp.zeros((self.batch, last.shape[-1]), jnp.float32).at[rows].set(last, mode="drop")
+        )
+        fresh = jnp.zeros(self.batch, bool).at[rows].set(True, mode="drop")
+        slots, first, logprobs = _emit(slots, logits, fresh)
+        return cache, slots, first, logprobs
+
+    # ---------------------------------------------------------------------- the public API
+
+    async def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams
+    ) -> list[SampleResult]:
+        """Queues the prompts (row i seeded with params.seed + i) and awaits their results."""
+        self._ensure_running()
+        loop = asyncio.get_running_loop()
+        stop_ids = tuple(dict.fromkeys((*self.eos_token_ids, *params.stop_token_ids)))
+        if len(stop_ids) > MAX_STOP_IDS:
+            raise ValueError(f"at most {MAX_STOP_IDS} stop token ids (eos included)")
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need the tokenizer: JaxSampler(..., tokenizer=tok)")
+        futures = []
+        for i, prompt in enumerate(prompts):
+            seed = next(self._seeds) if params.seed is None else params.seed + i
+            request = _Request(
+                prompt=list(prompt),
+                params=params,
+                seed=seed,
+                stop_ids=stop_ids,
+                max_new=min(params.max_new_tokens, self.max_len - len(prompt)),
+                future=loop.create_future(),
+            )
+            if request.max_new < 1 or not request.prompt:
+                request.future.set_result(request.result("length"))
+            else:
+                self._waiting.append(request)
+            futures.append(request.future)
+        self._wake.set()
+        return list(await asyncio.gather(*futures))
+
+    def _ensure_running(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._serve())
+
+    async def _serve(self) -> None:
+        """The scheduler: admit waiting requests into free slots, decode a chunk, repeat."""
+        while True:
+            if not self._waiting and not any(self._rows):
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                admitted = self._admit()
+                if admitted:
+                    await self._run_prefill(admitted)
+                if any(self._rows):
+                    await self._run_decode()
+            except Exception as err:
+                self._fail_all(err)
+
+    def _admit(self) -> list[int]:
+        """Moves waiting requests into free rows and writes their sampling state."""
+        s, admitted = self._slots, []
+        for row in range(self.batch):
+            if not self._waiting:
+                break
+            if self._rows[row] is not None:
+                continue
+            request = self._waiting.popleft()
+            if request.future.done():  # cancelled by its caller
+                continue
+            p = request.params
+            self._rows[row] = request
+            s.count[row], s.active[row] = 0, False
+            s.key[row] = [(request.seed >> 32) & 0xFFFFFFFF, request.seed & 0xFFFFFFFF]
+            s.temperature[row], s.top_p[row], s.top_k[row] = p.temperature, p.top_p, p.top_k
+            s.max_new[row] = request.max_new
+            s.stop_ids[row] = -1
+            s.stop_ids[row, : len(request.stop_ids)] = request.stop_ids
+            admitted.append(row)
+        return admitted
+
+    async def _run_prefill(self, admitted: list[int]) -> None:
+        prompts = [self._rows[row].prompt for row in admitted]
+        longest = max(map(len, prompts))
+        n = _bucket(longest, self.min_bucket)
+        chunk = min(n, self.prefill_chunk)
+        b = _bucket(len(admitted), 1)
+        rows = np.full(b, self.batch, np.int32)
+        rows[: len(admitted)] = admitted
+        tokens = np.zeros((b, n), np.int32)
+        lengths = np.zeros(b, np.int32)
+        for i, prompt in enumerate(prompts):
+            tokens[i, : len(prompt)] = prompt
+            lengths[i] = len(prompt)
+
+        def call():
+            out = self._prefill(
+                self.params, self._cache, self._slots, rows, tokens, lengths, n, chunk
+            )
+            return out[0], jax.device_get(out[1:])
+
+        self._cache, (slots, first, logprobs) = await asyncio.to_thread(call)
+        self.stats["prefill_calls"] += 1
+        self._take(slots, first[None], logprobs[None])
+
+    async def _run_decode(self) -> None:
+        def call():
+            out = self._decode(self.params, self._cache, self._slots, self.decode_chunk)
+            return out[0], jax.device_get(out[1:])
+
+        self._cache, (slots, tokens, logprobs) = await asyncio.to_thread(call)
+        self.stats["decode_calls"] += 1
+        self.stats["decode_steps"] += self.decode_chunk
+        self._take(slots, tokens, logprobs)
+
+    def _take(self, slots: Slots, tokens: np.ndarray, logprobs: np.ndarray) -> None:
+        """Records tokens i32[steps, B] (-1 = none) and finishes the rows that stopped."""
+        self._slots = jax.tree.map(np.array, slots)  # writable host copy
+        for row, request in enumerate(self._rows):
+            if request is None:
+                continue
+            emitted = tokens[:, row] >= 0
+            before = len(request.tokens)
+            request.tokens.extend(tokens[emitted, row].tolist())
+            request.logprobs.extend(logprobs[emitted, row].tolist())
+            self.stats["tokens"] += len(request.tokens) - before
+            reason = None
+            if not self._slots.active[row]:
+                last = request.tokens[-1] if request.tokens else None
+                reason = "stop" if last in request.stop_ids else "length"
+            if request.params.stop and self._cut_at_stop_string(request, before):
+                reason = "stop"
+            if reason is not None:
+                self._slots.active[row] = False
+                self._rows[row] = None
+                if not request.future.done():
+                    request.future.set_result(request.result(reason))
+
+    def _cut_at_stop_string(self, request: _Request, before: int) -> bool:
+        """Truncates the request after the first token completing a stop string, if any."""
+        decode = self.tokenizer.decode
+        if not any(s in decode(request.tokens) for s in request.params.stop):
+            return False
+        for end in range(before + 1, len(request.tokens) + 1):
+            if any(s in decode(request.tokens[:end]) for s in request.params.stop):
+                del request.tokens[end:], request.logprobs[end:]
+                return True
+        return False
+
+    def _fail_all(self, err: Exception) -> None:
+        """A device failure ends every admitted request with the error; the sampler recovers
+        with a fresh cache for the next ones."""
+        for row, request in enumerate(self._rows):
+            if request is not None and not request.future.done():
+                request.future.set_exception(err)
+            self._rows[row] = None
+        self._slots = Slots.empty(self.batch)
+        self._cache = self.policy.init_cache(self.batch, self.max_len)
