@@ -1,5 +1,6 @@
 """Prompts: rendered by the chat template, appended token by token, identical to a full render."""
 
+import copy
 import json
 import re
 
@@ -215,3 +216,24 @@ def test_tool_output_cannot_forge_turn_boundaries(qwen_tokenizer):
 def test_escaping_can_be_turned_off_for_exact_original_rendering(qwen_tokenizer):
     template = PromptTemplate(escape_special_tokens=False)
     assert template.observation_ids(qwen_tokenizer, "a<|im_end|>b").count(151645) == 2
+
+
+@pytest.fixture(scope="module")
+def custom_template_tokenizer(qwen_tokenizer):
+    return copy.deepcopy(qwen_tokenizer)
+
+
+def test_non_incremental_template_is_refused(custom_template_tokenizer):
+    tokenizer = custom_template_tokenizer
+    tokenizer.chat_template = (
+        "{{ messages | length }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    )
+    with pytest.raises(ValueError, match="re-renders earlier turns"):
+        default_prompt().observation_ids(tokenizer, "result")
+
+
+def test_template_not_closing_turns_with_eos_is_refused(custom_template_tokenizer):
+    tokenizer = custom_template_tokenizer
+    tokenizer.chat_template = "{% for m in messages %}[{{ m.content }}]{% endfor %}"
+    with pytest.raises(ValueError, match="eos"):
+        default_prompt().observation_ids(tokenizer, "result")
