@@ -181,12 +181,18 @@ def _link(e: Entity) -> str:
 
 def _filler(rng: random.Random, words: list[str], chars: int) -> list[str]:
     """Fact-free paragraphs (no digits) of about `chars` characters in total."""
-    paragraphs, total = [], 0
+    n = chars // 100 + 1  # filler sentences average ~140 characters
+    templates = rng.choices(_FILLER, k=n)
+    picks = rng.choices(words, k=2 * n)
+    paragraphs, total, i = [], 0, 0
     while total < chars:
+        size = rng.randint(3, 6)
         sentences = [
-            rng.choice(_FILLER).format(a=rng.choice(words), b=rng.choice(words))
-            for _ in range(rng.randint(3, 6))
-        ]
+            templates[(i + j) % n].format(a=picks[(2 * (i + j)) % (2 * n)],
+                                          b=picks[(2 * (i + j) + 1) % (2 * n)])
+            for j in range(size)
+        ]  # fmt: skip
+        i += size
         paragraph = " ".join(sentences)
         paragraphs.append(paragraph)
         total += len(paragraph) + 2

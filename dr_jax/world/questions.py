@@ -129,8 +129,12 @@ class QuestionFactory:
         self.entities = entities
         self.rng = random.Random(f"dr_jax.world:{seed}:questions")
         self.by_kind: dict[str, list[Entity]] = {}
+        self.lookalike: dict[int, Entity] = {}
         for e in entities:
             self.by_kind.setdefault(e.kind, []).append(e)
+            if e.twin is not None:
+                self.lookalike[e.twin] = e
+                self.lookalike[e.id] = entities[e.twin]
 
     # -- phrasing -------------------------------------------------------------------------
     def mention(self, e: Entity) -> str:
@@ -201,8 +205,8 @@ class QuestionFactory:
         fact = rng.choice(sorted(COMPARE_VALUE))
         kind = ATTRIBUTES[fact]
         a = rng.choice(self.by_kind[kind])
-        twin = [e for e in self.by_kind[kind] if e.twin == a.id or a.twin == e.id]
-        b = twin[0] if twin and rng.random() < 0.5 else rng.choice(self.by_kind[kind])
+        twin = self.lookalike.get(a.id)
+        b = twin if twin is not None and rng.random() < 0.5 else rng.choice(self.by_kind[kind])
         if a is b or a.attrs[fact] == b.attrs[fact]:
             return None
         template, pick = COMPARE_VALUE[fact]
