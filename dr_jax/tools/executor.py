@@ -26,7 +26,7 @@ from dr_jax.tools.calls import ToolCall
 from dr_jax.tools.config import ToolsConfig
 from dr_jax.tools.errors import ToolError, ToolsSetupError
 from dr_jax.tools.extract import Document, Extractor, split_windows
-from dr_jax.tools.fetch import fetch_page
+from dr_jax.tools.fetch import ClientPool, fetch_page
 from dr_jax.tools.metrics import ToolMetrics
 from dr_jax.tools.observations import (
     PageResult,
@@ -76,7 +76,7 @@ class ToolExecutor:
         self._rng = random.Random()
         self._inflight: dict[tuple[str, str], asyncio.Task] = {}
         self._host_limits: dict[str, asyncio.Semaphore] = {}
-        self._client: httpx.AsyncClient | None = None
+        self._clients: ClientPool | None = None
         self._cache: ToolCache | None = None
         self._extractor: Extractor | None = None
 
@@ -90,17 +90,12 @@ class ToolExecutor:
     async def start(self) -> None:
         cfg = self.config
         self._global = asyncio.Semaphore(cfg.concurrency)
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(cfg.read_timeout, connect=cfg.connect_timeout),
-            limits=httpx.Limits(
-                max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
-            ),
-        )
+        self._clients = ClientPool(cfg)
         try:
             if cfg.cache_path:
                 self._cache = ToolCache(cfg.cache_path, shared_fs=cfg.cache_shared_fs)
             if self._backend is not None and (not cfg.replay or cfg.search_backend == "local"):
-                await self._backend.start(self._client)
+                await self._backend.start(self._clients.next())
             if cfg.reader == "llm" and not cfg.replay:
                 await self._check_reader()
             self._extractor = Extractor(cfg.extract_workers)
@@ -112,7 +107,7 @@ class ToolExecutor:
     async def _check_reader(self) -> None:
         url = (self.config.reader_url or "").rstrip("/") + "/models"
         try:
-            await self._client.get(url, timeout=self.config.request_timeout)
+            await self._clients.next().get(url, timeout=self.config.request_timeout)
         except httpx.HTTPError as e:
             raise ToolsSetupError(
                 f"reader LLM at {self.config.reader_url} is unreachable ({e!r}); start it or fix "
@@ -122,9 +117,9 @@ class ToolExecutor:
     async def close(self) -> None:
         for task in list(self._inflight.values()):
             task.cancel()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._clients is not None:
+            await self._clients.aclose()
+            self._clients = None
         if self._extractor is not None:
             await asyncio.to_thread(self._extractor.close)
             self._extractor = None
@@ -182,7 +177,7 @@ class ToolExecutor:
 
         async def produce() -> str:
             hits = await self._retrying(
-                lambda: self._backend.search(self._client, query, cfg.top_k), host=None
+                lambda: self._backend.search(self._clients.next(), query, cfg.top_k), host=None
             )
             return json.dumps([[h.title, h.url, h.snippet] for h in hits])
 
@@ -202,7 +197,7 @@ class ToolExecutor:
         async def produce() -> str:
             host = urlsplit(url).hostname or ""
             fetched = await self._retrying(
-                lambda: fetch_page(self._client, url, self.config), host=host
+                lambda: fetch_page(self._clients.next(), url, self.config), host=host
             )
             doc = await self._extractor.extract(fetched, self.config.text_format)
             return json.dumps({"url": doc.url, "title": doc.title, "text": doc.text})
@@ -277,7 +272,7 @@ class ToolExecutor:
         async def produce() -> str:
             return await self._retrying(
                 lambda: chat_completion(
-                    self._client,
+                    self._clients.next(),
                     cfg.reader_url or "",
                     cfg.reader_model or "",
                     prompt,

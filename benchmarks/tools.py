@@ -1,0 +1,180 @@
+"""Tool executor throughput and extraction overhead, measured side by side.
+
+1. Concurrency: 1,000 tool calls (half web_search, half browse_webpage, all distinct so nothing is
+   cached or de-duplicated) against a loopback SearXNG-and-pages server, in another process,
+   that answers every request after 100 ms; 64 calls in flight. The ideal is 64 calls per
+   100 ms; efficiency = ideal time / measured time (target >= 0.8).
+2. Extraction: pages/s of our extraction (trafilatura + title + windows) against calling
+   trafilatura directly on the same real pages, one core each, best of several interleaved
+   rounds (target: our time <= 1.2x theirs).
+
+    python benchmarks/tools.py [--calls 1000] [--concurrency 64] [--latency 0.1]
+"""
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import trafilatura
+
+from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
+from dr_jax.tools.calls import ToolCall
+from dr_jax.tools.extract import extract_document, split_windows
+from dr_jax.tools.fetch import Fetched
+from dr_jax.tools.loopback import LoopbackServer, Reply, Request
+
+PAGES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pages"
+
+
+def _article(n: int) -> bytes:
+    paragraphs = "".join(
+        f"<p>Entity {n} fact {i}: founded in {1800 + n % 200}, population {n * 37 + i}.</p>"
+        for i in range(8)
+    )
+    return (
+        f"<html><head><title>Entity {n}</title></head><body><nav>Home | Random</nav>"
+        f"<article><h1>Entity {n}</h1>{paragraphs}</article></body></html>"
+    ).encode()
+
+
+def _serve(latency: float, pipe) -> None:
+    """Child process: a SearXNG-shaped search endpoint and pages, each reply after `latency`."""
+
+    async def handle(request: Request) -> Reply:
+        if request.path == "/search":
+            q = request.query["q"]
+            results = [
+                {"title": f"{q} {i}", "url": f"{server.url}/wiki/{q}-{i}.html", "content": q}
+                for i in range(10)
+            ]
+            body = json.dumps({"query": q, "number_of_results": 10, "results": results})
+            return Reply(body=body.encode(), content_type="application/json", delay=latency)
+        return Reply(body=_article(len(request.path)), delay=latency)
+
+    server = LoopbackServer(handle)
+    with server:
+        pipe.send(server.url)
+        pipe.recv()  # until the parent is done
+
+
+async def _concurrency_run(url: str, calls: int, concurrency: int) -> tuple[float, dict]:
+    config = ToolsConfig(
+        search_backend="world",
+        search_url=url,
+        allow_hosts=("127.0.0.1",),
+        concurrency=concurrency,
+        per_host=concurrency,
+        window_chars=2000,
+        page_budget=1,
+    )
+    work = [
+        ToolCall("web_search", {"query": [f"q{i}"]})
+        if i % 2 == 0
+        else ToolCall("browse_webpage", {"url_list": [f"{url}/wiki/page-{i}.html"]})
+        for i in range(calls)
+    ]
+    async with ToolExecutor(config) as tools:
+        trajectories = asyncio.Semaphore(concurrency)
+
+        async def one(call: ToolCall) -> str:
+            async with trajectories:
+                return await tools.execute(call, ToolSession(question="benchmark"))
+
+        started = time.perf_counter()
+        texts = await asyncio.gather(*(one(c) for c in work))
+        seconds = time.perf_counter() - started
+        failures = [t for t in texts if '"error"' in t]
+        assert not failures, failures[:3]
+        return seconds, tools.metrics()
+
+
+def _extraction(rounds: int) -> tuple[float, float, int]:
+    """Best-of-`rounds` seconds per pass over the real pages: (ours, trafilatura direct, pages)."""
+    pages = [p.read_bytes() for p in sorted(PAGES_DIR.glob("*.html"))] or [
+        _article(n) for n in range(12)
+    ]
+    fetched = [Fetched(f"http://x.org/{i}", "text/html", None, b) for i, b in enumerate(pages)]
+    ours, reference = float("inf"), float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for page in pages:
+            trafilatura.extract(
+                page, output_format="markdown", include_comments=False, include_tables=True
+            )
+        reference = min(reference, time.perf_counter() - started)
+        started = time.perf_counter()
+        for page in fetched:
+            split_windows(extract_document(page, "markdown").text, 40_960)
+        ours = min(ours, time.perf_counter() - started)
+    return ours, reference, len(pages)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--extraction-rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    parent, child = multiprocessing.get_context("spawn").Pipe()
+    server = multiprocessing.get_context("spawn").Process(
+        target=_serve, args=(args.latency, child), daemon=True
+    )
+    server.start()
+    url = parent.recv()
+    try:
+        measured, metrics = asyncio.run(_concurrency_run(url, args.calls, args.concurrency))
+    finally:
+        parent.send("stop")
+        server.join(timeout=10)
+    ideal = args.calls * args.latency / args.concurrency
+    ours_ex, ref_ex, n_pages = _extraction(args.extraction_rounds)
+
+    latency = metrics["latency_s"]
+    rows = [
+        ("tool calls", f"{args.calls} ({args.concurrency} in flight, {args.latency * 1e3:g} ms)"),
+        ("ideal time", f"{ideal:.3f} s ({args.calls / ideal:.0f} calls/s)"),
+        ("measured time", f"{measured:.3f} s ({args.calls / measured:.0f} calls/s)"),
+        ("efficiency (ideal/measured)", f"{ideal / measured:.3f}   (target >= 0.8)"),
+        ("search latency p50 / p99", "{p50:.3f} / {p99:.3f} s".format(**latency["web_search"])),
+        ("browse latency p50 / p99", "{p50:.3f} / {p99:.3f} s".format(**latency["browse_webpage"])),
+        ("extraction, ours", f"{n_pages / ours_ex:.1f} pages/s"),
+        ("extraction, trafilatura direct", f"{n_pages / ref_ex:.1f} pages/s"),
+        ("extraction overhead (ours/direct time)", f"{ours_ex / ref_ex:.3f}x   (target <= 1.2x)"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    print(
+        json.dumps(
+            {
+                "benchmark": "tools_concurrency",
+                "ours": round(args.calls / measured, 2),
+                "reference": round(args.calls / ideal, 2),
+                "ratio": round(ideal / measured, 4),
+                "unit": "tool calls/s (reference: ideal at the injected latency)",
+                "higher_is_better": True,
+                "setup": (
+                    f"{args.calls} calls (50% web_search, 50% browse_webpage), concurrency "
+                    f"{args.concurrency}, {args.latency * 1e3:g} ms loopback latency, server in "
+                    f"another process; extraction {n_pages / ours_ex:.1f} vs trafilatura "
+                    f"{n_pages / ref_ex:.1f} pages/s (overhead {ours_ex / ref_ex:.3f}x)"
+                ),
+                "extraction": {
+                    "ours": round(n_pages / ours_ex, 2),
+                    "reference": round(n_pages / ref_ex, 2),
+                    "ratio": round(ref_ex / ours_ex, 4),
+                    "unit": "pages/s",
+                    "higher_is_better": True,
+                },
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
