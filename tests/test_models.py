@@ -44,20 +44,21 @@ def test_padded_query_rows_are_finite(qwen3_pair):
     assert np.isfinite(np.asarray(policy.logits(tokens, mask))).all()
 
 
-def test_left_padding_does_not_change_a_rows_logits(qwen3_pair):
+def test_padding_tokens_do_not_change_real_logits(qwen3_pair):
     _, policy = qwen3_pair
     tokens, mask = left_padded_batch(policy.config.vocab_size, LENGTHS)
-    alone = policy.logits(tokens[2:, -3:], mask[2:, -3:])
-    padded = policy.logits(tokens, mask)[2:, -3:]
-    np.testing.assert_allclose(padded, alone, atol=1e-5)
+    other = np.where(mask == 1, tokens, (tokens + 17) % policy.config.vocab_size)
+    real = mask.astype(bool)
+    a, b = np.asarray(policy.logits(tokens, mask)), np.asarray(policy.logits(other, mask))
+    np.testing.assert_allclose(a[real], b[real], atol=1e-5)
 
 
 def test_hidden_states_then_unembed_equal_logits(qwen3_pair):
     _, policy = qwen3_pair
     tokens, mask = left_padded_batch(policy.config.vocab_size, LENGTHS)
-    hidden = policy.apply(policy.params, tokens, mask, return_hidden=True)
+    hidden = jax.jit(lambda p: policy.apply(p, tokens, mask, return_hidden=True))(policy.params)
     assert hidden.shape == (*tokens.shape, policy.config.hidden_size)
-    logits = policy.unembed(policy.params, hidden)
+    logits = jax.jit(policy.unembed)(policy.params, hidden)
     np.testing.assert_allclose(logits, policy.logits(tokens, mask), atol=1e-5)
 
 
@@ -74,83 +75,101 @@ def test_bf16_compute_stays_within_documented_tolerance(qwen3_pair):
     assert error <= 0.05 + 0.02 * np.abs(ref).max()
 
 
-def _loss(policy, params, tokens, mask):
-    return jnp.mean(policy.apply(params, tokens, mask)[..., 0] ** 2)
-
-
 def test_remat_gives_the_same_gradients(qwen3_pair):
     _, policy = qwen3_pair
     tokens, mask = left_padded_batch(policy.config.vocab_size, LENGTHS)
-    grads = jax.jit(jax.grad(lambda p: _loss(policy, p, tokens, mask)))(policy.params)
     remat = policy.replace(remat=True)
-    remat_grads = jax.jit(jax.grad(lambda p: _loss(remat, p, tokens, mask)))(policy.params)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads), strict=True):
+
+    def loss(p, pol):
+        return jnp.mean(pol.apply(p, tokens, mask)[..., 0] ** 2)
+
+    grads = jax.jit(lambda p: (jax.grad(loss)(p, policy), jax.grad(loss)(p, remat)))
+    plain, rematerialised = grads(policy.params)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(rematerialised), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def _decode(policy, cache, rows):
-    """Prefill each row's prompt (right-padded, one call), then feed the rest 1 token per step.
+WIDTH, PREFILL, SLOTS = 12, 6, 16  # shared shapes, so every test reuses the compiled programs
 
-    rows: list of (token list, prompt length). Returns each row's logits per fed position.
+
+def _full_logits(policy, sequences):
+    """Each sequence's logits from one left-padded full forward: list of f32[len, V]."""
+    tokens = np.zeros((len(sequences), WIDTH), np.int32)
+    mask = np.zeros_like(tokens)
+    for b, seq in enumerate(sequences):
+        tokens[b, WIDTH - len(seq) :], mask[b, WIDTH - len(seq) :] = seq, 1
+    logits = np.asarray(policy.logits(tokens, mask))
+    return [logits[b, WIDTH - len(seq) :] for b, seq in enumerate(sequences)]
+
+
+def _decode(policy, cache, rows):
+    """Prefill each row's prompt (right-padded, one call), then feed the rest 1 token per step
+    (rows that are done sit idle with num_new 0).
+
+    rows: list of (tokens, prompt length). Returns each row's logits per fed position.
     """
-    batch = len(rows)
-    width = max(p for _, p in rows)
-    prompt = np.zeros((batch, width), np.int32)
+    prompt = np.zeros((len(rows), PREFILL), np.int32)
     for b, (toks, p) in enumerate(rows):
         prompt[b, :p] = toks[:p]
-    logits, cache = policy.extend(
-        policy.params, cache, prompt, np.array([p for _, p in rows], np.int32)
-    )
-    outputs = [[np.asarray(logits[b])] for b in range(batch)]
+    num_new = np.array([p for _, p in rows], np.int32)
+    logits, cache = policy.extend(policy.params, cache, prompt, num_new)
+    outputs = [[np.asarray(logits[b])] for b in range(len(rows))]
     for step in range(max(len(t) - p for t, p in rows)):
-        next_tokens = np.zeros((batch, 1), np.int32)
-        num_new = np.zeros(batch, np.int32)
+        next_tokens = np.zeros((len(rows), 1), np.int32)
+        num_new = np.zeros(len(rows), np.int32)
         for b, (toks, p) in enumerate(rows):
             if p + step < len(toks):
                 next_tokens[b, 0], num_new[b] = toks[p + step], 1
         logits, cache = policy.extend(policy.params, cache, next_tokens, num_new)
-        for b in range(batch):
-            if num_new[b]:
-                outputs[b].append(np.asarray(logits[b]))
+        for b in np.flatnonzero(num_new):
+            outputs[b].append(np.asarray(logits[b]))
     return outputs, cache
 
 
-def test_prefill_then_decode_matches_full_forward(pair):
-    """Rows of different prompt and total lengths (some idle in a step) decode like the
-    full forward of each sequence alone."""
-    _, policy = pair
+@pytest.fixture(scope="module", params=["qwen2-gqa2-untied", "qwen3-headdim24-gqa2"])
+def decode_policy(request, tmp_path_factory):
+    model = random_hf_model(request.param)
+    return load_pretrained(save_hf(model, tmp_path_factory.mktemp(request.param)))
+
+
+def test_prefill_then_decode_matches_full_forward(decode_policy):
+    """Rows of different prompt and total lengths decode like the full forward of each."""
+    policy = decode_policy
     rng = np.random.default_rng(1)
-    rows = [(rng.integers(0, 256, n).tolist(), p) for n, p in [(9, 4), (6, 6), (11, 2)]]
-    outputs, cache = _decode(policy, policy.init_cache(len(rows), 16), rows)
+    rows = [(rng.integers(0, 256, n).tolist(), p) for n, p in [(9, 4), (6, 6), (12, 2)]]
+    outputs, cache = _decode(policy, policy.init_cache(len(rows), SLOTS), rows)
     assert isinstance(cache, KVCache)
-    np.testing.assert_array_equal(cache.lengths, [9, 6, 11])
-    for (toks, p), got in zip(rows, outputs, strict=True):
-        full = np.asarray(policy.logits(np.array([toks], np.int32)))[0]
-        np.testing.assert_allclose(np.stack(got), full[p - 1 :], atol=1e-4)
+    np.testing.assert_array_equal(cache.lengths, [9, 6, 12])
+    full = _full_logits(policy, [toks for toks, _ in rows])
+    for (_, p), got, ref in zip(rows, outputs, full, strict=True):
+        np.testing.assert_allclose(np.stack(got), ref[p - 1 :], atol=1e-4)
 
 
 def test_reset_row_is_reused_for_a_new_sequence(qwen3_pair):
     _, policy = qwen3_pair
     rng = np.random.default_rng(2)
-    first = [(rng.integers(0, 256, 8).tolist(), 8), (rng.integers(0, 256, 5).tolist(), 5)]
-    _, cache = _decode(policy, policy.init_cache(2, 12), first)
-    cache = cache.reset(np.array([True, False]))
-    np.testing.assert_array_equal(cache.lengths, [0, 5])
+    rows = [(rng.integers(0, 256, n).tolist(), min(n, PREFILL)) for n in (8, 5, 7)]
+    _, cache = _decode(policy, policy.init_cache(3, SLOTS), rows)
+    cache = cache.reset(np.array([True, False, False]))
+    np.testing.assert_array_equal(cache.lengths, [0, 5, 7])
     new = rng.integers(0, 256, 3).astype(np.int32)
-    tokens = np.stack([new, np.zeros(3, np.int32)])
-    logits, cache = policy.extend(policy.params, cache, tokens, np.array([3, 0], np.int32))
-    full = policy.logits(new[None])[0, -1]
-    np.testing.assert_allclose(logits[0], full, atol=1e-4)
-    np.testing.assert_array_equal(cache.lengths, [3, 5])
+    tokens = np.zeros((3, PREFILL), np.int32)
+    tokens[0, :3] = new
+    logits, cache = policy.extend(policy.params, cache, tokens, np.array([3, 0, 0], np.int32))
+    np.testing.assert_allclose(logits[0], _full_logits(policy, [new])[0][-1], atol=1e-4)
+    np.testing.assert_array_equal(cache.lengths, [3, 5, 7])
 
 
 def test_writes_past_the_cache_end_are_dropped(qwen3_pair):
     _, policy = qwen3_pair
-    cache = policy.init_cache(1, 4)
-    tokens = np.arange(6, dtype=np.int32)[None]
-    logits, cache = policy.extend(policy.params, cache, tokens, np.array([6], np.int32))
+    cache = policy.init_cache(3, SLOTS)
+    cache = KVCache(cache.k, cache.v, np.array([SLOTS - 2, 0, 0], np.int32))
+    tokens = np.ones((3, PREFILL), np.int32)
+    logits, after = policy.extend(policy.params, cache, tokens, np.array([PREFILL, 0, 0]))
     assert np.isfinite(np.asarray(logits)).all()
-    assert cache.k.shape[2] == 4
+    written = np.abs(np.asarray(after.k)).sum(axis=(0, 3, 4))  # [B, S]
+    assert (written[0, SLOTS - 2 :] > 0).all()
+    assert (written[0, : SLOTS - 2] == 0).all() and (written[1:] == 0).all()
 
 
 def test_logical_axes_name_every_dimension_of_every_param(qwen3_pair):

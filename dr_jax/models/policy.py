@@ -154,10 +154,16 @@ def init_policy(
     """Random f32 parameters (normal(0, 0.02) weights, zero biases, unit norms), placed on
     `mesh` by the default logical-axis rules when one is given."""
     graphdef, abstract = abstract_model(config)
-    shardings = None if mesh is None else named_shardings(abstract, mesh)
-
-    def init():
-        return nnx.split(Qwen(config, rngs=nnx.Rngs(seed)))[1]
-
-    params = jax.jit(init, out_shardings=shardings)()
+    if mesh is None:
+        params = _init_jit(config, seed)
+    else:
+        shardings = named_shardings(abstract, mesh)
+        params = jax.jit(_init, static_argnums=0, out_shardings=shardings)(config, seed)
     return Policy(config, graphdef, params, dtype=dtype, remat=remat)
+
+
+def _init(config: ModelConfig, seed: jax.Array) -> nnx.State:
+    return nnx.split(Qwen(config, rngs=nnx.Rngs(jax.random.key(seed))))[1]
+
+
+_init_jit = jax.jit(_init, static_argnums=0)
