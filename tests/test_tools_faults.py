@@ -26,6 +26,7 @@ ARTICLE = (
     )
     + "</article><footer>Privacy Policy</footer></body></html>"
 ).encode()
+HUGE = b"<p>" + b"x" * 300_000 + b"</p>"
 
 
 def _pdf(text: str) -> bytes:
@@ -82,7 +83,9 @@ class FaultyWeb:
             "/429-forever": lambda: Reply(status=429, headers={"retry-after": "3600"}),
             "/hang": lambda: Reply(hang=True),
             "/drip": lambda: Reply(body=ARTICLE, chunks=200, chunk_delay=0.05),
-            "/big": lambda: Reply(body=b"<p>" + b"x" * 300_000 + b"</p>"),
+            "/big": lambda: Reply(body=HUGE),
+            "/big-chunked": lambda: Reply(body=HUGE, chunked=True, chunks=30),
+            "/chunked": lambda: Reply(body=ARTICLE, chunked=True, chunks=7),
             "/binary": lambda: Reply(body=bytes(range(256)) * 40, content_type="image/png"),
             "/nul": lambda: Reply(body=b"\x00\x01\x02" * 1000, content_type="text/html"),
             "/loop": lambda: Reply(status=302, headers={"location": "/loop2"}),
@@ -213,9 +216,19 @@ def test_slow_drip_is_cut_by_the_request_deadline(web):
     assert seconds < 2
 
 
-def test_body_larger_than_the_cap_is_refused(web):
+def test_body_declared_larger_than_the_cap_is_refused_before_reading(web):
     page, _, _ = _browse(web, "/big")
-    assert "limit 100,000" in page["error"]
+    assert "300,007 bytes (limit 100,000)" in page["error"]
+
+
+def test_undeclared_body_is_cut_off_at_the_cap(web):
+    page, _, _ = _browse(web, "/big-chunked")
+    assert "larger than 100,000 bytes" in page["error"]
+
+
+def test_chunked_body_within_the_cap_is_read(web):
+    page, _, _ = _browse(web, "/chunked")
+    assert "rebuilt in 1900" in page["pages"][0]
 
 
 @pytest.mark.parametrize("path", ["/binary", "/nul"])
@@ -321,3 +334,37 @@ def test_whole_call_deadline_bounds_everything(web):
 def test_bad_calls_are_described_not_raised(web, call):
     text, _, _ = _run(_config(web), call)
     assert json.loads(text)["error"]
+
+
+def test_global_and_per_host_limits_bound_requests_in_flight():
+    in_flight: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+
+    async def handle(request: Request) -> Reply:
+        host = request.headers["host"].split(":")[0]
+        for key in (host, "all"):
+            in_flight[key] += 1
+            peak[key] = max(peak[key], in_flight[key])
+        await asyncio.sleep(0.05)
+        for key in (host, "all"):
+            in_flight[key] -= 1
+        return Reply(body=ARTICLE)
+
+    with LoopbackServer(handle) as server:
+        port = server.url.rsplit(":", 1)[1]
+        # "localhost" and "127.0.0.1" are two hosts to the executor, one server to us.
+        hosts = ("127.0.0.1", "localhost")
+        urls = [f"http://{host}:{port}/p{i}" for host in hosts for i in range(12)]
+        config = ToolsConfig(
+            allow_hosts=("127.0.0.1", "localhost"), per_host=2, concurrency=3, extract_workers=0
+        )
+
+        async def scenario():
+            async with ToolExecutor(config, search=False) as tools:
+                calls = [ToolCall("browse_webpage", {"url_list": [u]}) for u in urls]
+                return await asyncio.gather(*(tools.execute(c, ToolSession("q")) for c in calls))
+
+        texts = asyncio.run(scenario())
+    assert all("rebuilt in 1900" in t for t in texts)
+    assert peak["127.0.0.1"] == 2 and peak["localhost"] <= 2
+    assert peak["all"] == 3

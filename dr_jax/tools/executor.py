@@ -216,10 +216,9 @@ class ToolExecutor:
     async def _browse(self, arguments: dict[str, Any], session: ToolSession) -> str:
         urls = _string_list(arguments, "url_list")
         compat = self.config.observation_format == "deepresearcher"
-        if self.config.browse_latest_search_only:
-            outside = [u for u in urls if u not in session.latest_search]
+        if self.config.browse_latest_search_only and compat:
             # The original silently ignored such URLs; JSON observations say why instead.
-            urls = [u for u in urls if u in session.latest_search] + ([] if compat else outside)
+            urls = [u for u in urls if u in session.latest_search]
         pages = await asyncio.gather(*(self._browse_one(url, session) for url in urls))
         return browse_observation(pages, self.config.observation_format)
 

@@ -24,8 +24,9 @@ class Request:
 
 @dataclass(frozen=True)
 class Reply:
-    """What to send: `delay` s before the headers; the body in `chunks` spaced `chunk_delay` s
-    apart (a slow drip) when given; `hang` never answers."""
+    """What to send: `delay` s before the headers; the body in `chunks` pieces spaced
+    `chunk_delay` s apart (a slow drip); `chunked` uses chunked transfer encoding (no declared
+    length); `hang` never answers."""
 
     status: int = 200
     body: bytes = b""
@@ -34,6 +35,7 @@ class Reply:
     delay: float = 0.0
     chunks: int = 1
     chunk_delay: float = 0.0
+    chunked: bool = False
     hang: bool = False
 
 
@@ -118,19 +120,23 @@ class LoopbackServer:
             await asyncio.Event().wait()
         await asyncio.sleep(reply.delay)
         reason = HTTPStatus(reply.status).phrase
-        headers = {
-            "content-type": reply.content_type,
-            "content-length": str(len(reply.body)),
-            **reply.headers,
-        }
+        framing = (
+            {"transfer-encoding": "chunked"}
+            if reply.chunked
+            else {"content-length": str(len(reply.body))}
+        )
+        headers = {"content-type": reply.content_type, **framing, **reply.headers}
         head = f"HTTP/1.1 {reply.status} {reason}\r\n" + "".join(
             f"{k}: {v}\r\n" for k, v in headers.items()
         )
         writer.write(head.encode("latin-1") + b"\r\n")
-        size = -(-len(reply.body) // reply.chunks) if reply.body else 0
-        for start in range(0, len(reply.body), max(size, 1)):
-            writer.write(reply.body[start : start + size])
+        size = max(1, -(-len(reply.body) // reply.chunks))
+        for start in range(0, len(reply.body), size):
+            piece = reply.body[start : start + size]
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if reply.chunked else piece)
             await writer.drain()
             if reply.chunk_delay:
                 await asyncio.sleep(reply.chunk_delay)
+        if reply.chunked:
+            writer.write(b"0\r\n\r\n")
         await writer.drain()
