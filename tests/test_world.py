@@ -145,6 +145,9 @@ def test_server_serves_pages_and_searxng_json_over_http(world):
         first = found["results"][0]
         assert first["url"] == server.url + path and first["title"] == world.entities[7].name
         assert world.entities[7].name in first["content"]
+        listing = httpx.get(server.url + "/search", params={"q": query})
+        assert listing.headers["content-type"].startswith("text/html")
+        assert f'href="{server.url + path}"' in listing.text
         assert httpx.get(server.url + "/wiki/Nowhere.html").status_code == 404
         assert httpx.get(server.url + "/search", params={"format": "json"}).status_code == 400
         url = server.url

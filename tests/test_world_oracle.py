@@ -1,6 +1,8 @@
 """The scripted oracle solves world questions through the real tools over loopback HTTP."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -61,6 +63,28 @@ def test_oracle_pages_down_when_the_fact_is_beyond_the_first_window(world):
     assert len(browses) >= 3  # first window, then paging on
     (wide,) = demonstrate(world, [deep])
     assert len(wide.turns) == 3
+
+
+def test_oracle_reads_deepresearcher_observations_too(world):
+    questions = _per_kind(world.split("test"), 1)
+    compat = ToolsConfig(
+        observation_format="deepresearcher", browse_latest_search_only=True, extract_workers=0
+    )
+    demos = demonstrate(world, questions, tools_config=compat)
+    assert [d.f1 for d in demos] == [1.0] * len(questions)
+    assert demos[0].turns[0][1].startswith("[{'search_query': ")
+
+
+def test_demos_cli_writes_one_jsonl_record_per_question(tmp_path):
+    out = tmp_path / "demos.jsonl"
+    subprocess.run(
+        [sys.executable, "-m", "dr_jax.world", "demos", "--size", "tiny", "--split", "dev",
+         "--out", str(out)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in records] == [q.id for q in World.generate(0, "tiny").split("dev")]
+    assert all(r["f1"] == 1.0 and r["turns"][-1]["observation"] is None for r in records)
 
 
 def test_oracle_reports_failure_when_the_page_is_missing(world):

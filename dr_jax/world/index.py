@@ -1,16 +1,20 @@
 """BM25 search over the world's pages, with query-dependent snippets.
 
-The index sees the title (twice, so a name query finds its page first) and the article text
-without navigation boilerplate; a snippet is the page sentence sharing the most query words.
+Titles and article text (no navigation, footer or infobox) are scored separately and summed,
+so a name query finds its page first; a snippet is the sentence near the top of the page that
+shares the most words with the query.
 """
 
 import functools
 import html
 import re
 import threading
+from typing import TYPE_CHECKING
 
-import bm25s
 import numpy as np
+
+if TYPE_CHECKING:
+    import bm25s
 
 _BLOCK = re.compile(r"</?(?:h\d|p|li|ul|caption|tr|article)\b[^>]*>")
 _TAG = re.compile(r"<[^>]+>")
@@ -54,6 +58,12 @@ def snippet(parts: list[tuple[str, frozenset[str]]], query: str, max_chars: int 
     return out if len(out) <= max_chars else out[: max_chars - 3].rsplit(" ", 1)[0] + "..."
 
 
+def _query_words(query: str) -> list[str]:
+    import bm25s
+
+    return bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
+
+
 class SearchIndex:
     """BM25 (Lucene variant, English stop words) over titles and article text; thread-safe.
 
@@ -77,14 +87,16 @@ class SearchIndex:
         return sentences(page_text(self._pages[path])[: self.SNIPPET_CHARS])
 
     @staticmethod
-    def _build(corpus: list[str]) -> tuple[bm25s.BM25, dict[str, int]]:
+    def _build(corpus: list[str]) -> tuple["bm25s.BM25", dict[str, int]]:
+        import bm25s  # deferred: it imports jax (seconds), which page generation never needs
+
         tokens = bm25s.tokenize(corpus, stopwords="en", show_progress=False)
         bm25 = bm25s.BM25()
         bm25.index(tokens, show_progress=False)
         return bm25, tokens.vocab
 
     @staticmethod
-    def _scores(index: tuple[bm25s.BM25, dict[str, int]], words: list[str]) -> np.ndarray:
+    def _scores(index: tuple["bm25s.BM25", dict[str, int]], words: list[str]) -> np.ndarray:
         bm25, vocab = index
         ids = [vocab[w] for w in words if w in vocab]
         if not ids:
@@ -93,7 +105,7 @@ class SearchIndex:
 
     def search(self, query: str, k: int = 10) -> list[dict[str, str]]:
         """Top-`k` pages as SearXNG results: {"title", "url" (a path), "content", "score"}."""
-        words = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
+        words = _query_words(query)
         with self._lock:
             scores = self._scores(self._text, words) + self.TITLE_WEIGHT * self._scores(
                 self._title, words

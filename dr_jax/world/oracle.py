@@ -43,6 +43,21 @@ class Demonstration:
     f1: float = 0.0
     search_ranks: list[int | None] = field(default_factory=list)  # 1-based rank per needed page
 
+    def to_json(self) -> dict:
+        """A JSONL record: the question, its gold answers, the turns, the answer and its F1."""
+        q = self.question
+        return {
+            "id": q.id,
+            "question": q.question,
+            "answers": q.answers,
+            "data_source": q.data_source,
+            "split": q.split,
+            "turns": [{"assistant": text, "observation": obs} for text, obs in self.turns],
+            "answer": self.answer,
+            "f1": self.f1,
+            "search_ranks": self.search_ranks,
+        }
+
 
 def search_query(read: Read) -> str:
     return f"{read.title} {QUERY_WORDS[read.fact]}"
@@ -201,9 +216,13 @@ async def demonstrate_async(
     max_turns: int = 10,
     concurrency: int = 16,
 ) -> list[Demonstration]:
-    """Serve `world` on loopback and solve `questions` concurrently with the real tools."""
+    """Serve `world` on loopback and solve `questions` concurrently with the real tools.
+
+    Without `tools_config`, pages are extracted in a thread (world pages are small, and a
+    process pool would cost seconds to start).
+    """
     with WorldServer(world) as server:
-        config = (tools_config or ToolsConfig()).replace(
+        config = (tools_config or ToolsConfig(extract_workers=0)).replace(
             search_backend="world",
             search_url=server.url,
             reader="none",

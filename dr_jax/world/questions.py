@@ -47,68 +47,90 @@ KIND_MIX = {  # data_source -> share of all questions
     "world_4hop_comparison": 0.15,
 }
 
-_WORK_WORDS = {  # work type -> (creator noun phrase, publisher noun phrase, creator q, publisher q)
-    "novel": ("the author of {x}", "the publisher of {x}", "Who wrote {x}?",
-              "Which company published {x}?"),
-    "film": ("the director of {x}", "the studio that produced {x}", "Who directed {x}?",
-             "Which studio produced {x}?"),
-    "album": ("the artist behind {x}", "the label that released {x}", "Who recorded {x}?",
-              "On which label was {x} released?"),
+# Every phrasing has variants (picked by the question RNG) so a policy cannot key on wording.
+WORK_NP = {  # work type -> relation -> noun phrases
+    "novel": {"creator": ("the author of {x}", "the writer of {x}"),
+              "publisher": ("the publisher of {x}", "the company that published {x}")},
+    "film": {"creator": ("the director of {x}", "the person who directed {x}"),
+             "publisher": ("the studio that produced {x}", "the production company of {x}")},
+    "album": {"creator": ("the artist behind {x}", "the musician who recorded {x}"),
+              "publisher": ("the label that released {x}", "the record label of {x}")},
+}  # fmt: skip
+WORK_REL_Q = {
+    "novel": {"creator": ("Who wrote {x}?", "Who is the author of {x}?"),
+              "publisher": ("Which company published {x}?", "Who was the publisher of {x}?")},
+    "film": {"creator": ("Who directed {x}?", "Who was the director of {x}?"),
+             "publisher": ("Which studio produced {x}?", "What studio was behind {x}?")},
+    "album": {"creator": ("Who recorded {x}?", "Which artist recorded {x}?"),
+              "publisher": ("On which label was {x} released?", "What label released {x}?")},
 }  # fmt: skip
 REL_NP = {
-    "birthplace": "the birthplace of {x}",
-    "employer": "the employer of {x}",
-    "mayor": "the mayor of {x}",
-    "founder": "the founder of {x}",
-    "headquarters": "the headquarters city of {x}",
-    "location": "the host city of {x}",
-    "organiser": "the organiser of {x}",
+    "birthplace": ("the birthplace of {x}", "the city where {x} was born", "the hometown of {x}"),
+    "employer": ("the employer of {x}", "the organisation that employed {x}"),
+    "mayor": ("the mayor of {x}", "the person who serves as mayor of {x}"),
+    "founder": ("the founder of {x}", "the person who founded {x}"),
+    "headquarters": ("the headquarters city of {x}", "the city where {x} has its head office"),
+    "location": ("the host city of {x}", "the city that hosted {x}"),
+    "organiser": ("the organiser of {x}", "the organisation behind {x}"),
 }
 REL_Q = {
-    "birthplace": "In which city was {x} born?",
-    "employer": "Which organisation employed {x}?",
-    "mayor": "Who is the mayor of {x}?",
-    "founder": "Who founded {x}?",
-    "headquarters": "In which city is {x} headquartered?",
-    "location": "In which city was {x} held?",
-    "organiser": "Which organisation organised {x}?",
-}
-ATTR_Q = {
-    "born": "In what year was {x} born?",
-    "occupation": "What was the occupation of {x}?",
-    "founded": "In what year was {x} founded?",
-    "population": "What is the population of {x}?",
-    "elevation": "At what elevation, in metres, does {x} lie?",
-    "country": "In which country is {x}?",
-    "established": "In what year was {x} founded?",
-    "employees": "How many people does {x} employ?",
-    "industry": "In which industry does {x} operate?",
-    "held": "In what year was {x} held?",
-    "attendance": "How many people attended {x}?",
-}
-_WORK_ATTR_Q = {
-    "novel": {"released": "In what year was {x} first published?",
-              "length": "How many pages long is {x}?"},
-    "film": {"released": "In what year was {x} released?",
-             "length": "How many minutes long is {x}?"},
-    "album": {"released": "In what year was {x} released?",
-              "length": "How many minutes long is {x}?"},
+    "birthplace": ("In which city was {x} born?", "Where was {x} born?",
+                   "What is the birthplace of {x}?"),
+    "employer": ("Which organisation employed {x}?", "For which organisation did {x} work?",
+                 "Who was the employer of {x}?"),
+    "mayor": ("Who is the mayor of {x}?", "Who serves as mayor of {x}?"),
+    "founder": ("Who founded {x}?", "Who was the founder of {x}?", "Name the founder of {x}."),
+    "headquarters": ("In which city is {x} headquartered?", "Where is the head office of {x}?"),
+    "location": ("In which city was {x} held?", "Which city hosted {x}?"),
+    "organiser": ("Which organisation organised {x}?", "Who organised {x}?"),
 }  # fmt: skip
-# attribute -> (question template, pick: min or max); answer is the winning value
+ATTR_Q = {
+    "born": ("In what year was {x} born?", "When was {x} born?",
+             "What is the birth year of {x}?"),
+    "occupation": ("What was the occupation of {x}?", "What did {x} do for a living?"),
+    "founded": ("In what year was {x} founded?", "When was {x} founded?"),
+    "population": ("What is the population of {x}?", "How many people live in {x}?"),
+    "elevation": ("At what elevation, in metres, does {x} lie?",
+                  "How many metres above sea level is {x}?"),
+    "country": ("In which country is {x}?", "{X} lies in which country?"),
+    "established": ("In what year was {x} founded?", "When was {x} established?"),
+    "employees": ("How many people does {x} employ?", "How many employees does {x} have?"),
+    "industry": ("In which industry does {x} operate?", "What industry is {x} in?"),
+    "held": ("In what year was {x} held?", "When did {x} take place?"),
+    "attendance": ("How many people attended {x}?", "What was the attendance of {x}?"),
+}  # fmt: skip
+WORK_ATTR_Q = {
+    "novel": {"released": ("In what year was {x} first published?", "When did {x} appear?"),
+              "length": ("How many pages long is {x}?", "How many pages does {x} have?")},
+    "film": {"released": ("In what year was {x} released?", "When did {x} premiere?"),
+             "length": ("How many minutes long is {x}?", "What is the running time of {x}?")},
+    "album": {"released": ("In what year was {x} released?", "When did {x} come out?"),
+              "length": ("How many minutes long is {x}?", "What is the running time of {x}?")},
+}  # fmt: skip
+# attribute -> (question templates, pick: min or max); answer is the winning value
 COMPARE_VALUE = {
-    "born": ("In what year was the elder of {a} and {b} born?", min),
-    "founded": ("In what year was the older of the cities {a} and {b} founded?", min),
-    "population": ("What is the population of the more populous of {a} and {b}?", max),
-    "established": ("In what year was the older of {a} and {b} founded?", min),
-    "employees": ("How many employees does the larger of {a} and {b} have?", max),
-    "attendance": ("How many people attended the better attended of {a} and {b}?", max),
-}
-# target kind -> (attribute, question template, pick); answer is the winning entity's name
+    "born": (("In what year was the elder of {a} and {b} born?",
+              "Of {a} and {b}, when was the older one born?"), min),
+    "founded": (("In what year was the older of the cities {a} and {b} founded?",
+                 "Of the cities {a} and {b}, when was the older one founded?"), min),
+    "population": (("What is the population of the more populous of {a} and {b}?",
+                    "How many people live in the larger of the cities {a} and {b}?"), max),
+    "established": (("In what year was the older of {a} and {b} founded?",
+                     "Which founding year is earlier, that of {a} or that of {b}?"), min),
+    "employees": (("How many employees does the larger of {a} and {b} have?",
+                   "Of {a} and {b}, how many people does the bigger employer employ?"), max),
+    "attendance": (("How many people attended the better attended of {a} and {b}?",
+                    "What was the larger attendance, that of {a} or that of {b}?"), max),
+}  # fmt: skip
+# target kind -> (attribute, question templates, pick); answer is the winning entity's name
 COMPARE_NAME = {
-    "person": ("born", "Who was born first, {a} or {b}?", min),
-    "city": ("population", "Which city is more populous, {a} or {b}?", max),
-    "organisation": ("established", "Which was founded earlier, {a} or {b}?", min),
-}
+    "person": ("born", ("Who was born first, {a} or {b}?",
+                        "Who is older: {a} or {b}?"), min),
+    "city": ("population", ("Which city is more populous, {a} or {b}?",
+                            "Which has more inhabitants: {a} or {b}?"), max),
+    "organisation": ("established", ("Which was founded earlier, {a} or {b}?",
+                                     "Which is older: {a} or {b}?"), min),
+}  # fmt: skip
 
 
 def normalize(text: str) -> str:
@@ -141,18 +163,16 @@ class QuestionFactory:
         return f"the {e.subtype} {e.name}" if e.kind == "work" else e.name
 
     def rel_np(self, rel: str, source: Entity, x: str) -> str:
-        if rel in ("creator", "publisher"):
-            return _WORK_WORDS[source.subtype][0 if rel == "creator" else 1].format(x=x)
-        return REL_NP[rel].format(x=x)
+        options = WORK_NP[source.subtype][rel] if source.kind == "work" else REL_NP[rel]
+        return self.rng.choice(options).format(x=x)
 
     def final_question(self, fact: str, e: Entity, x: str) -> str:
-        if fact in ("creator", "publisher"):
-            return _WORK_WORDS[e.subtype][2 if fact == "creator" else 3].format(x=x)
-        if fact in REL_Q:
-            return REL_Q[fact].format(x=x)
         if e.kind == "work":
-            return _WORK_ATTR_Q[e.subtype][fact].format(x=x)
-        return ATTR_Q[fact].format(x=x)
+            options = {**WORK_REL_Q[e.subtype], **WORK_ATTR_Q[e.subtype]}[fact]
+        else:
+            options = {**REL_Q, **ATTR_Q}[fact]
+        text = self.rng.choice(options).format(x=x, X=x[0].upper() + x[1:])
+        return text[0].upper() + text[1:]
 
     def value(self, e: Entity, fact: str) -> str:
         if fact in e.rels:
@@ -196,7 +216,6 @@ class QuestionFactory:
         for source, rel in zip(path, rels, strict=False):
             x = self.rel_np(rel, source, x)
         text = self.final_question(fact, last, x)
-        text = text[0].upper() + text[1:]
         plan = tuple((self.read(e, f),) for e, f in zip(path, [*rels, fact], strict=True))
         return text, self.aliases(last, fact), plan
 
@@ -209,9 +228,9 @@ class QuestionFactory:
         b = twin if twin is not None and rng.random() < 0.5 else rng.choice(self.by_kind[kind])
         if a is b or a.attrs[fact] == b.attrs[fact]:
             return None
-        template, pick = COMPARE_VALUE[fact]
+        templates, pick = COMPARE_VALUE[fact]
         winner = pick((a, b), key=lambda e: e.attrs[fact])
-        text = template.format(a=self.mention(a), b=self.mention(b))
+        text = rng.choice(templates).format(a=self.mention(a), b=self.mention(b))
         return text, self.aliases(winner, fact), ((self.read(a, fact), self.read(b, fact)),)
 
     def compare_names(self) -> tuple[str, list[str], tuple[tuple[Read, ...], ...]] | None:
@@ -222,13 +241,13 @@ class QuestionFactory:
         s1 = rng.choice(self.by_kind[RELATIONS[r1][0]])
         s2 = rng.choice(self.by_kind[RELATIONS[r2][0]])
         t1, t2 = self.entities[s1.rels[r1]], self.entities[s2.rels[r2]]
-        fact, template, pick = COMPARE_NAME[target_kind]
+        fact, templates, pick = COMPARE_NAME[target_kind]
         if len({s1.id, s2.id, t1.id, t2.id}) < 4 or t1.attrs[fact] == t2.attrs[fact]:
             return None
         winner = pick((t1, t2), key=lambda e: e.attrs[fact])
         a = self.rel_np(r1, s1, self.mention(s1))
         b = self.rel_np(r2, s2, self.mention(s2))
-        text = template.format(a=a, b=b)
+        text = rng.choice(templates).format(a=a, b=b)
         plan = (
             (self.read(s1, r1), self.read(s2, r2)),
             (self.read(t1, fact), self.read(t2, fact)),

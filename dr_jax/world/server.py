@@ -1,5 +1,6 @@
 """Serve a World on loopback: pages at their paths, SearXNG-shaped JSON search at /search."""
 
+import html
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +17,7 @@ class WorldServer:
 
     GET {url}/search?q=QUERY&format=json[&count=K] answers
     {"query", "number_of_results", "results": [{"title", "url", "content", "score"}]}
-    with absolute URLs, ranked by BM25.
+    with absolute URLs, ranked by BM25 (without format=json: an HTML results page).
     """
 
     def __init__(self, world: World, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -72,6 +73,20 @@ class WorldServer:
         self.stop()
 
 
+def results_page(found: dict) -> str:
+    """Search results as HTML, for people browsing the world (format=json is for tools)."""
+    items = "\n".join(
+        f'<li><a href="{html.escape(r["url"])}">{html.escape(r["title"])}</a>'
+        f"<p>{html.escape(r['content'])}</p></li>"
+        for r in found["results"]
+    )
+    query = html.escape(found["query"])
+    return (
+        f"<!DOCTYPE html><html><head><title>{query} - search</title></head><body>"
+        f"<h1>Results for {query}</h1><ol>{items}</ol></body></html>"
+    )
+
+
 def _handler(server: WorldServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -87,8 +102,10 @@ def _handler(server: WorldServer) -> type[BaseHTTPRequestHandler]:
                     count = int(params.get("count", ["10"])[0])
                 except ValueError:
                     return self._send(400, "application/json", b'{"error": "bad count"}')
-                body = json.dumps(server.search(query, count)).encode()
-                return self._send(200, "application/json", body)
+                found = server.search(query, count)
+                if params.get("format", ["html"])[0] == "json":
+                    return self._send(200, "application/json", json.dumps(found).encode())
+                return self._send(200, "text/html; charset=utf-8", results_page(found).encode())
             page = (
                 server.world.home_page()
                 if parts.path == "/"

@@ -73,8 +73,7 @@ class World:
         return (
             f"<!DOCTYPE html><html><head><title>{SITE}</title></head><body><h1>{SITE}</h1>"
             f"<p>{len(self.pages)} articles about a fictional world.</p>"
-            '<form action="/search"><input name="q"><input type="hidden" name="format" '
-            'value="json"></form></body></html>'
+            '<form action="/search"><input name="q"></form></body></html>'
         )
 
     def export(self, out_dir: str | Path) -> Path:
