@@ -273,17 +273,19 @@ def write_summary(out_dir: Path, records: list[dict[str, Any]], meta: dict[str, 
 
 
 def read_records(path: Path) -> dict[str, dict[str, Any]]:
-    """Records already in samples.jsonl, by id; a torn last line (a killed run) is dropped."""
+    """Records already in samples.jsonl, by id.
+
+    A run killed mid-write leaves a torn last line: it is cut off the file, so the next append
+    starts on a fresh line and that question is simply evaluated again.
+    """
     if not path.is_file():
         return {}
-    records = {}
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        records[record["id"]] = record
-    return records
+    text = path.read_text()
+    complete = text[: text.rfind("\n") + 1]
+    if complete != text:
+        path.write_text(complete)
+    records = (json.loads(line) for line in complete.splitlines())
+    return {record["id"]: record for record in records}
 
 
 def append_records(path: Path, records: Iterable[SampleRecord]) -> None:
@@ -348,8 +350,10 @@ def select_examples(config: EvalConfig, world: World | None) -> list[QAExample]:
     if config.dataset == WORLD:
         assert world is not None
         examples = examples_from_questions(world.split(config.split))
-        if sources is not None:
-            examples = [e for e in examples if e.data_source in sources]
+        present = sorted({e.data_source for e in examples})
+        if unknown := sorted(set(sources or ()) - set(present)):
+            raise ValueError(f"the world has no data_source {unknown}; present: {present}")
+        examples = [e for e in examples if sources is None or e.data_source in sources]
     else:
         path = Path(config.dataset)
         split = config.split if path.is_dir() else None
@@ -384,14 +388,14 @@ def check_resumable(out_dir: Path, config: EvalConfig) -> None:
 def run_meta(config: EvalConfig, seconds: float) -> dict[str, Any]:
     """Settings a reader needs next to the numbers: what was evaluated, and how."""
     sampler = config.sampler
+    dataset = f"world(seed={config.world_seed})" if config.dataset == WORLD else config.dataset
+    decoding = "greedy" if sampler.greedy else "sampled"
     return {
-        "dataset": f"world(seed={config.world_seed})"
-        if config.dataset == WORLD
-        else config.dataset,
+        "dataset": dataset,
         "split": config.split,
         "policy": "world oracle" if config.oracle else config.policy.path,
-        "sampler": "oracle" if config.oracle else sampler.kind,
-        "decoding": "greedy" if sampler.greedy else "sampled",
+        "sampler": "oracle replay" if config.oracle else sampler.kind,
+        "decoding": decoding,
         "temperature": sampler.temperature,
         "top_p": sampler.top_p,
         "top_k": sampler.top_k,
