@@ -368,3 +368,23 @@ def test_global_and_per_host_limits_bound_requests_in_flight():
     assert all("rebuilt in 1900" in t for t in texts)
     assert peak["127.0.0.1"] == 2 and peak["localhost"] <= 2
     assert peak["all"] == 3
+
+
+def test_dns_rebinding_to_loopback_is_refused_before_the_body_is_read(web, monkeypatch):
+    """DNS answers a public address to the safety check, then loopback to the HTTP client."""
+    real_getaddrinfo = asyncio.BaseEventLoop.getaddrinfo
+    answers = iter(["93.184.216.34"])
+
+    async def rebinding(self, host, port, *args, **kwargs):
+        if host not in ("rebind.example", b"rebind.example"):  # anyio passes IDNA bytes
+            return await real_getaddrinfo(self, host, port, *args, **kwargs)
+        return await real_getaddrinfo(self, next(answers, "127.0.0.1"), port, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", rebinding)
+    port = web.server.url.rsplit(":", 1)[1]
+    url = f"http://rebind.example:{port}/page"
+    call = ToolCall("browse_webpage", {"url_list": [url]})
+    text, _, metrics = _run(_config(web, allow_hosts=()), call)
+    (page,) = json.loads(text)
+    assert "rebind.example is a loopback address (127.0.0.1)" in page["error"]
+    assert metrics["errors"] == {"unsafe_url": 1} and metrics["retries"] == 0

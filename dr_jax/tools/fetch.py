@@ -15,7 +15,7 @@ import httpx
 
 from dr_jax.tools.config import ToolsConfig
 from dr_jax.tools.errors import ToolError
-from dr_jax.tools.urlsafety import check_url
+from dr_jax.tools.urlsafety import check_peer, check_url
 
 
 class ClientPool:
@@ -31,8 +31,11 @@ class ClientPool:
         count = -(-cfg.concurrency // per_client)
         limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
         timeout = httpx.Timeout(cfg.read_timeout, connect=cfg.connect_timeout)
+        # trust_env=False: no proxy from the environment, so the peer-address check sees the
+        # real server (through a proxy it would see the proxy).
         self._clients = [
-            httpx.AsyncClient(verify=tls, limits=limits, timeout=timeout) for _ in range(count)
+            httpx.AsyncClient(verify=tls, limits=limits, timeout=timeout, trust_env=False)
+            for _ in range(count)
         ]
         self._turn = itertools.cycle(self._clients)
 
@@ -111,6 +114,10 @@ async def fetch_page(client: httpx.AsyncClient, url: str, cfg: ToolsConfig) -> F
                 async with client.stream(
                     "GET", url, headers={"user-agent": cfg.user_agent}, follow_redirects=False
                 ) as response:
+                    stream = response.extensions.get("network_stream")
+                    peer = stream.get_extra_info("server_addr") if stream else None
+                    if peer:
+                        check_peer(url, peer[0], cfg.allow_hosts)
                     if response.is_redirect:
                         url = urljoin(url, response.headers["location"])
                         continue

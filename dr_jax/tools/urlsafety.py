@@ -48,10 +48,25 @@ async def check_url(url: str, allow_hosts: tuple[str, ...] = ()) -> None:
             raise ToolError("dns", f"could not resolve {host}: {e.strerror or e}") from None
         addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     for address in addresses:
-        if str(address) in allow_hosts:
-            continue
-        reason = _forbidden(address)
-        if reason:
-            raise ToolError(
-                "unsafe_url", f"refused {url!r}: {host} is a {reason} address ({address})"
-            )
+        _refuse(url, host, address, allow_hosts)
+
+
+def check_peer(url: str, peer_ip: str, allow_hosts: tuple[str, ...] = ()) -> None:
+    """Re-check the address a connection actually reached, before its body is read: DNS may
+    answer differently to the HTTP client than it did to `check_url` (DNS rebinding)."""
+    host = urlsplit(url).hostname or ""
+    if host not in allow_hosts:
+        _refuse(url, host, ipaddress.ip_address(peer_ip.split("%")[0]), allow_hosts)
+
+
+def _refuse(
+    url: str,
+    host: str,
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    allow_hosts: tuple[str, ...],
+) -> None:
+    if str(address) in allow_hosts:
+        return
+    reason = _forbidden(address)
+    if reason:
+        raise ToolError("unsafe_url", f"refused {url!r}: {host} is a {reason} address ({address})")
