@@ -29,7 +29,12 @@ QUERY_WORDS = {
     "length": "length", "creator": "creator", "publisher": "publisher", "held": "held",
     "attendance": "attendance", "location": "location", "organiser": "organiser",
 }  # fmt: skip
-FACT_NAMES = {"established": "founding year", "held": "year", "born": "birth year"}
+FACT_NAMES = {  # fact -> how the oracle's reasoning names it
+    "born": "birth year", "founded": "founding year", "established": "founding year",
+    "released": "release year", "held": "year", "employees": "number of employees",
+    "headquarters": "headquarters city", "creator": "creator", "length": "length",
+}  # fmt: skip
+YEAR_FACTS = frozenset({"born", "founded", "established", "released", "held"})
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
 
 
@@ -104,9 +109,21 @@ def _page_texts(observation: str) -> dict[str, tuple[str, bool]]:
 def evidence_sentence(text: str, value: str) -> str | None:
     """The prose sentence stating `value` as whole words (table rows only as a fallback)."""
     pattern = re.compile(rf"(?<!\w){re.escape(value)}(?!\w)")
-    found = [s.strip() for s in _SENTENCE_END.split(text) if pattern.search(s)]
+    found = [s.strip().replace("*", "") for s in _SENTENCE_END.split(text) if pattern.search(s)]
     prose = [s for s in found if not s.lstrip().startswith("|")]
     return (prose or found or [None])[0]
+
+
+def _comparison(reads: tuple[Read, ...], q: Question) -> str:
+    """'1897 is earlier than 1972.' for the two values the answer was chosen between."""
+    a, b = reads
+    winner, other = (a, b) if a.value in q.answers or a.title in q.answers else (b, a)
+    smaller = int(winner.value.replace(",", "")) < int(other.value.replace(",", ""))
+    if winner.fact in YEAR_FACTS:
+        relation = "earlier than" if smaller else "later than"
+    else:
+        relation = "smaller than" if smaller else "larger than"
+    return f"{winner.value} is {relation} {other.value}."
 
 
 def _fact_name(fact: str) -> str:
@@ -144,7 +161,8 @@ class _Run:
             return False
         pending = list(reads)
         titles = " and ".join(f"'{r.title}'" for r in reads)
-        think = f"The results include the pages for {titles}. I will read them."
+        pages, them = ("pages", "them") if len(reads) > 1 else ("page", "it")
+        think = f"The results include the {pages} for {titles}. I will read {them}."
         while pending and self.turns_left() > 1:
             observation = await self.call(
                 think, "browse_webpage", {"url_list": [urls[r.path] for r in pending]}
@@ -173,7 +191,8 @@ class _Run:
 
     async def solve(self) -> Demonstration:
         q, demo = self.q, self.demo
-        opening = f"To answer this I need {self._needs(q.plan[0])}. Let me search for it."
+        them = "them" if len(q.plan[0]) > 1 else "it"
+        opening = f"To answer this I need {self._needs(q.plan[0])}. Let me search for {them}."
         solved = True
         for i, reads in enumerate(q.plan):
             if i:
@@ -187,7 +206,7 @@ class _Run:
         if not solved:
             think = "I could not find the facts I need."
         elif len(q.plan[-1]) > 1:
-            think = " ".join([*self.facts[-len(q.plan[-1]) :], "Comparing the two,"])
+            think = " ".join([*self.facts[-len(q.plan[-1]) :], _comparison(q.plan[-1], q)])
         else:
             think = " ".join(self.facts[-1:])
         demo.turns.append(

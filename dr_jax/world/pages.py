@@ -158,7 +158,7 @@ def fact_sentences(e: Entity) -> dict[str, tuple[str, ...]]:
 def describe(e: Entity, entities: list[Entity]) -> str:
     """The lead clause after "X is ..."; it never gives away a long page's deferred fact."""
     if e.deferred in ("occupation", "birthplace", "country", "industry"):
-        return f"a {e.kind} of some local renown"
+        return f"{article(e.kind)} of some local renown"
     if e.kind == "person":
         return f"{article(e.attrs['occupation'])} from {entities[e.rels['birthplace']].name}"
     if e.kind == "city":
