@@ -11,7 +11,7 @@ import string
 from dataclasses import dataclass, field
 
 from dr_jax.world.generator import ATTRIBUTES, RELATIONS, Entity
-from dr_jax.world.pages import format_value
+from dr_jax.world.pages import article, format_value
 
 
 @dataclass(frozen=True)
@@ -180,14 +180,20 @@ class QuestionFactory:
         return format_value(fact, e.attrs[fact])
 
     def aliases(self, e: Entity, fact: str) -> list[str]:
+        """The value as printed first, then the other ways a correct answer may be written."""
         shown = self.value(e, fact)
         out = [shown]
-        if fact in e.attrs and isinstance(e.attrs[fact], int):
-            out.append(str(e.attrs[fact]))
-            if fact == "elevation":
-                out.append(f"{e.attrs[fact]} metres")
-            if fact == "length":
-                out.append(f"{e.attrs[fact]} {'pages' if e.subtype == 'novel' else 'minutes'}")
+        raw = e.attrs.get(fact)
+        if isinstance(raw, int):
+            out.append(str(raw))
+        if fact == "elevation":
+            out += [f"{raw} metres", f"{raw} m"]
+        elif fact == "length":
+            out.append(f"{raw} {'pages' if e.subtype == 'novel' else 'minutes'}")
+        elif fact == "occupation":
+            out.append(article(shown))
+        elif fact == "industry":
+            out.append(f"{shown} industry")
         return list(dict.fromkeys(out))
 
     def read(self, e: Entity, fact: str) -> Read:
