@@ -15,9 +15,11 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
+import httpx
 import trafilatura
 
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
@@ -60,7 +62,29 @@ def _serve(latency: float, pipe) -> None:
         pipe.recv()  # until the parent is done
 
 
-async def _concurrency_run(url: str, calls: int, concurrency: int) -> tuple[float, dict]:
+async def _plain_httpx_run(url: str, calls: int, concurrency: int) -> float:
+    """The same requests from bare httpx clients (no executor): what the client library costs."""
+    limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+    clients = [httpx.AsyncClient(limits=limits, trust_env=False) for _ in range(concurrency // 4)]
+    in_flight = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with in_flight:
+            client = clients[i % len(clients)]
+            if i % 2 == 0:
+                query = {"q": f"q{i}", "format": "json"}
+                (await client.get(f"{url}/search", params=query)).json()
+            else:
+                (await client.get(f"{url}/wiki/page-{i}.html")).raise_for_status()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(calls)))
+    seconds = time.perf_counter() - started
+    await asyncio.gather(*(c.aclose() for c in clients))
+    return seconds
+
+
+async def _concurrency_run(url: str, calls: int, concurrency: int) -> tuple[float, float, dict]:
     config = ToolsConfig(
         search_backend="world",
         search_url=url,
@@ -83,12 +107,12 @@ async def _concurrency_run(url: str, calls: int, concurrency: int) -> tuple[floa
             async with trajectories:
                 return await tools.execute(call, ToolSession(question="benchmark"))
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         texts = await asyncio.gather(*(one(c) for c in work))
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         failures = [t for t in texts if '"error"' in t]
         assert not failures, failures[:3]
-        return seconds, tools.metrics()
+        return seconds, cpu, tools.metrics()
 
 
 def _extraction(rounds: int) -> tuple[float, float, int]:
@@ -127,7 +151,9 @@ def main() -> None:
     server.start()
     url = parent.recv()
     try:
-        measured, metrics = asyncio.run(_concurrency_run(url, args.calls, args.concurrency))
+        load = os.getloadavg()[0]
+        plain = asyncio.run(_plain_httpx_run(url, args.calls, args.concurrency))
+        measured, cpu, metrics = asyncio.run(_concurrency_run(url, args.calls, args.concurrency))
     finally:
         parent.send("stop")
         server.join(timeout=10)
@@ -140,6 +166,9 @@ def main() -> None:
         ("ideal time", f"{ideal:.3f} s ({args.calls / ideal:.0f} calls/s)"),
         ("measured time", f"{measured:.3f} s ({args.calls / measured:.0f} calls/s)"),
         ("efficiency (ideal/measured)", f"{ideal / measured:.3f}   (target >= 0.8)"),
+        ("plain httpx, same requests", f"{plain:.3f} s (efficiency {ideal / plain:.3f})"),
+        ("executor CPU per call", f"{cpu / args.calls * 1e3:.2f} ms ({cpu / measured:.0%} core)"),
+        ("load average before", f"{load:.1f} on {os.cpu_count()} cores"),
         ("search latency p50 / p99", "{p50:.3f} / {p99:.3f} s".format(**latency["web_search"])),
         ("browse latency p50 / p99", "{p50:.3f} / {p99:.3f} s".format(**latency["browse_webpage"])),
         ("extraction, ours", f"{n_pages / ours_ex:.1f} pages/s"),
@@ -161,7 +190,9 @@ def main() -> None:
                 "setup": (
                     f"{args.calls} calls (50% web_search, 50% browse_webpage), concurrency "
                     f"{args.concurrency}, {args.latency * 1e3:g} ms loopback latency, server in "
-                    f"another process; extraction {n_pages / ours_ex:.1f} vs trafilatura "
+                    f"another process, load average {load:.1f} on {os.cpu_count()} cores, plain "
+                    f"httpx efficiency {ideal / plain:.3f}; extraction "
+                    f"{n_pages / ours_ex:.1f} vs trafilatura "
                     f"{n_pages / ref_ex:.1f} pages/s (overhead {ours_ex / ref_ex:.3f}x)"
                 ),
                 "extraction": {

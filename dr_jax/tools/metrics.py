@@ -18,7 +18,9 @@ class ToolMetrics:
 
     def observe(self, tool: str, seconds: float) -> None:
         self.calls[tool] += 1
-        self._latency.setdefault(tool, deque(maxlen=self._window)).append(seconds)
+        if tool not in self._latency:
+            self._latency[tool] = deque(maxlen=self._window)
+        self._latency[tool].append(seconds)
 
     def snapshot(self) -> dict:
         latency = {}
