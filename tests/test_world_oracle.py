@@ -65,6 +65,18 @@ def test_oracle_pages_down_when_the_fact_is_beyond_the_first_window(world):
     assert len(wide.turns) == 3
 
 
+def test_oracle_stays_within_the_turn_budget_when_pages_need_paging(world):
+    deep = [
+        q
+        for q in world.split("train")
+        if q.hops == 4 and any(world.entities_by_path[p].long for p in q.evidence)
+    ][:4]
+    tiny_windows = ToolsConfig(window_chars=1_000, page_budget=1, extract_workers=0)
+    demos = demonstrate(world, deep, tools_config=tiny_windows)
+    assert all(len(d.turns) <= MAX_TURNS for d in demos)
+    assert {d.answer for d in demos if d.f1 < 1.0} == {"unknown"}
+
+
 def test_oracle_reads_deepresearcher_observations_too(world):
     questions = _per_kind(world.split("test"), 1)
     compat = ToolsConfig(
@@ -89,7 +101,7 @@ def test_demos_cli_writes_one_jsonl_record_per_question(tmp_path):
 
 def test_oracle_reports_failure_when_the_page_is_missing(world):
     (question,) = _per_kind(world.split("dev"), 1)[:1]
-    broken = World(world.seed, world.entities, dict(world.pages), [question], world.titles)
+    broken = World(world.seed, world.entities, dict(world.pages), [question])
     del broken.pages[question.evidence[0]]
     (demo,) = demonstrate(broken, [question])
     assert demo.f1 == 0.0 and demo.answer == "unknown"

@@ -1,8 +1,9 @@
 """A scripted agent that solves world questions through the real tools, turn by turn.
 
-It knows each question's plan (which pages hold which facts) but learns every fact only from
-tool observations: it searches for each page's title, browses the hit, pages on while the
-fact is missing, and answers once all facts were seen. Its traces, in DeepResearcher's turn
+It knows each question's plan (which pages hold which facts) and its gold answer, and proves
+them reachable: it searches for each page's title, browses the hit, pages on while the fact is
+missing, and moves on only once the fact appeared in a tool observation; if any fact cannot be
+found within the turn budget it answers "unknown". Its traces, in DeepResearcher's turn
 format, prove the questions answerable and serve as demonstrations for a supervised warm start.
 """
 
@@ -150,6 +151,8 @@ class _Run:
 
     async def read_round(self, reads: tuple[Read, ...], opening: str) -> bool:
         """Search for the round's pages, browse them, page on until every fact is seen."""
+        if self.turns_left() < 3:  # a search, a browse and the answer
+            return False
         queries = [search_query(r) for r in reads]
         observation = await self.call(opening, "web_search", {"query": queries})
         urls = {r.path: self.base_url + r.path for r in reads}

@@ -1,6 +1,6 @@
 """The World: entities, their pages and questions, generated from one seed."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -31,7 +31,6 @@ class World:
     entities: list[Entity]
     pages: dict[str, str]
     questions: list[Question]
-    titles: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def generate(cls, seed: int = 0, size: str | int = "default") -> "World":
@@ -51,13 +50,17 @@ class World:
         pages = {e.path: render_page(e, entities, seed, lookalikes.get(e.id, [])) for e in entities}
         total = min(2 * spec.entities, 20_000)
         questions = generate_questions(entities, seed, total, held_out=min(100, total // 12))
-        titles = {e.path: e.name for e in entities}
-        return cls(seed=seed, entities=entities, pages=pages, questions=questions, titles=titles)
+        return cls(seed=seed, entities=entities, pages=pages, questions=questions)
 
     def split(self, name: str) -> list[Question]:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}: use one of {SPLITS}")
         return [q for q in self.questions if q.split == name]
+
+    @cached_property
+    def titles(self) -> dict[str, str]:
+        """Page path -> entity name (the page title)."""
+        return {e.path: e.name for e in self.entities}
 
     @cached_property
     def entities_by_path(self) -> dict[str, Entity]:
