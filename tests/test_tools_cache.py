@@ -11,7 +11,7 @@ import time
 import pytest
 
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
-from dr_jax.tools.cache import ToolCache
+from dr_jax.tools.cache import MemoryCache, ToolCache
 from dr_jax.tools.calls import ToolCall
 from dr_jax.tools.loopback import LoopbackServer, Reply, Request
 
@@ -66,12 +66,12 @@ def _session_run(config: ToolsConfig, base_url: str, extra_query: str | None = N
     return asyncio.run(scenario())
 
 
-def _config(web: LoopbackServer, cache_path, **overrides) -> ToolsConfig:
+def _config(web: LoopbackServer, cache_path=None, **overrides) -> ToolsConfig:
     return ToolsConfig(
         search_backend="world",
         search_url=web.url,
         allow_hosts=("127.0.0.1",),
-        cache_path=str(cache_path),
+        cache_path=str(cache_path) if cache_path else None,
         extract_workers=0,
         **overrides,
     )
@@ -94,6 +94,33 @@ def test_expired_entries_are_fetched_again(tmp_path):
     time.sleep(0.01)
     assert cache.get("search", "q", ttl=0.001) is None
     assert cache.get("search", "q", ttl=None) == "v"
+
+
+def test_without_a_cache_file_repeats_in_one_process_are_served_from_memory(web):
+    config = _config(web)
+    first, _ = _session_run(config, web.url)
+
+    async def again():
+        async with ToolExecutor(config) as tools:
+            texts = []
+            for _ in range(2):
+                session = ToolSession(question="What do barn owls eat?")
+                texts.append(await tools.execute(CALLS[0], session))
+            return texts, tools.metrics()
+
+    (one, two), metrics = asyncio.run(again())
+    assert one == two == first[0]
+    assert metrics["requests"] == 2 and metrics["cache_hits"] == 2
+
+
+def test_memory_cache_keeps_the_most_recently_used_entries():
+    memory = MemoryCache(entries=2)
+    memory.put("page", "a", "A")
+    memory.put("page", "b", "B")
+    assert memory.get("page", "a", ttl=None) == "A"  # "a" is now the most recent
+    memory.put("page", "c", "C")
+    assert memory.get("page", "b", ttl=None) is None
+    assert memory.get("page", "a", ttl=None) == "A" and memory.get("page", "c", ttl=60) == "C"
 
 
 def test_identical_concurrent_requests_are_made_once(web, tmp_path):

@@ -8,6 +8,7 @@ on storage shared by several hosts use `shared_fs=True` (rollback journal, plain
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 _SCHEMA = """
@@ -64,3 +65,25 @@ class ToolCache:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+class MemoryCache:
+    """The most recently used `entries` values in this process, with the same TTL rule as
+    ToolCache: the 16 samples of one question mostly search and browse the same things."""
+
+    def __init__(self, entries: int) -> None:
+        self._entries = entries
+        self._items: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+
+    def get(self, kind: str, key: str, ttl: float | None) -> str | None:
+        item = self._items.get((kind, key))
+        if item is None or (ttl is not None and time.time() - item[1] > ttl):
+            return None
+        self._items.move_to_end((kind, key))
+        return item[0]
+
+    def put(self, kind: str, key: str, value: str) -> None:
+        self._items[(kind, key)] = (value, time.time())
+        self._items.move_to_end((kind, key))
+        while len(self._items) > self._entries:
+            self._items.popitem(last=False)

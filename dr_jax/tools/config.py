@@ -77,6 +77,8 @@ class ToolsConfig:
     user_agent: str = "dr_jax-tools/0.1 (+research agent)"
     """User-Agent header of page fetches."""
 
+    memory_cache_entries: int = 1024
+    """Search results, pages and reader replies kept in this process (most recently used)."""
     cache_path: str | None = None
     """SQLite file shared by processes (and hosts, on shared storage); None: no cache."""
     cache_shared_fs: bool = False
@@ -114,8 +116,10 @@ class ToolsConfig:
         for name in ("top_k", "max_queries", "page_budget", "window_chars", "concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.per_host < 1 or self.retries < 0 or self.extract_workers < 0:
+        if self.per_host < 1 or min(self.retries, self.extract_workers) < 0:
             raise ValueError("per_host must be >= 1; retries and extract_workers >= 0")
+        if self.memory_cache_entries < 0:
+            raise ValueError("memory_cache_entries must be >= 0")
         object.__setattr__(self, "allow_hosts", tuple(self.allow_hosts))
 
     @classmethod

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from dr_jax.tools.cache import ToolCache
+from dr_jax.tools.cache import MemoryCache, ToolCache
 from dr_jax.tools.calls import ToolCall
 from dr_jax.tools.config import ToolsConfig
 from dr_jax.tools.errors import ToolError, ToolsSetupError
@@ -78,6 +78,7 @@ class ToolExecutor:
         self._host_limits: dict[str, asyncio.Semaphore] = {}
         self._clients: ClientPool | None = None
         self._cache: ToolCache | None = None
+        self._memory = MemoryCache(config.memory_cache_entries)
         self._extractor: Extractor | None = None
 
     async def __aenter__(self) -> "ToolExecutor":
@@ -115,8 +116,10 @@ class ToolExecutor:
             ) from None
 
     async def close(self) -> None:
-        for task in list(self._inflight.values()):
+        pending = list(self._inflight.values())
+        for task in pending:
             task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         if self._clients is not None:
             await self._clients.aclose()
             self._clients = None
@@ -128,7 +131,8 @@ class ToolExecutor:
             self._cache = None
 
     def metrics(self) -> dict:
-        """Calls, errors by kind, retries, network requests, cache hits, latency percentiles."""
+        """Calls, errors by kind, retries, requests made, cache and de-dup hits, latency
+        percentiles per tool (see ToolMetrics.snapshot)."""
         return self._metrics.snapshot()
 
     # ----------------------------------------------------------------------------- the API
@@ -290,15 +294,18 @@ class ToolExecutor:
     async def _cached(
         self, kind: str, key: str, ttl: float, produce: Callable[[], Awaitable[str]]
     ) -> str:
-        """Cache, then an identical request already in flight, then `produce` (made once)."""
-        if self._cache is not None:
-            value = await asyncio.to_thread(
-                self._cache.get, kind, key, None if self.config.replay else ttl
-            )
+        """Memory, then the persistent cache, then an identical request already in flight,
+        then `produce` (made once). Replay ignores TTLs and never produces."""
+        ttl_or_none = None if self.config.replay else ttl
+        value = self._memory.get(kind, key, ttl_or_none)
+        if value is None and self._cache is not None:
+            value = await asyncio.to_thread(self._cache.get, kind, key, ttl_or_none)
             if value is not None:
-                self._metrics.counts["cache_hits"] += 1
-                return value
-            self._metrics.counts["cache_misses"] += 1
+                self._memory.put(kind, key, value)
+        if value is not None:
+            self._metrics.counts["cache_hits"] += 1
+            return value
+        self._metrics.counts["cache_misses"] += 1
         if self.config.replay:
             raise ToolError("replay_miss", "not in the cache (replay mode: the network is off)")
         task = self._inflight.get((kind, key))
@@ -315,6 +322,7 @@ class ToolExecutor:
         self, kind: str, key: str, produce: Callable[[], Awaitable[str]]
     ) -> str:
         value = await produce()
+        self._memory.put(kind, key, value)
         if self._cache is not None:
             await asyncio.to_thread(self._cache.put, kind, key, value)
         return value
