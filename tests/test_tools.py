@@ -378,6 +378,22 @@ def test_config_errors_name_the_fix():
     assert preset.browse_latest_search_only and preset.max_queries == 3 and preset.top_k == 10
 
 
+def test_world_backend_finds_and_browses_the_evidence_page():
+    from dr_jax.world import World, WorldServer
+
+    world = World.generate(seed=0, size=50)
+    question = world.questions[0]
+    with WorldServer(world, host="127.0.0.1", port=0) as server:
+        config = ToolsConfig(
+            search_url=server.url, allow_hosts=("127.0.0.1",), extract_workers=0, top_k=3
+        )
+        evidence = server.url + question.evidence[0]
+        calls = [_search(question.question), _browse(evidence)]
+        (_, browse), session = _calls(config, calls, question=question.question)
+    assert evidence in session.latest_search
+    assert question.answers[0] in json.loads(browse)[0]["pages"][0]
+
+
 # ------------------------------------------------------------------------- command line
 
 

@@ -55,21 +55,35 @@ def _parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser("search", parents=[common], help="run web searches")
     search.add_argument("queries", nargs="+", metavar="QUERY")
-    search.add_argument("--backend", choices=("world", "searxng", "serper", "local"))
-    search.add_argument("--url", default=os.environ.get("DR_JAX_SEARCH_URL"))
+    search.add_argument(
+        "--backend",
+        choices=("world", "searxng", "serper", "local"),
+        help="default: local with --index, else world",
+    )
+    search.add_argument(
+        "--url",
+        default=os.environ.get("DR_JAX_SEARCH_URL"),
+        help="world/SearXNG base URL, or the Serper endpoint (default $DR_JAX_SEARCH_URL)",
+    )
     search.add_argument("--index", help="BM25 index directory (backend local)")
-    search.add_argument("--top-k", type=int, default=10)
-    search.add_argument("--max-queries", type=int, default=3)
+    search.add_argument("--top-k", type=int, default=10, help="results per query")
+    search.add_argument("--max-queries", type=int, default=3, help="queries run per call")
 
     browse = commands.add_parser("browse", parents=[common], help="read web pages")
     browse.add_argument("urls", nargs="+", metavar="URL")
     browse.add_argument("--question", default="", help="question the reader LLM reads for")
-    browse.add_argument("--allow-host", action="append", default=[], metavar="HOST")
+    browse.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="host or IP exempt from the private-address refusal (repeatable)",
+    )
     browse.add_argument("--reader", choices=("none", "llm"), default="none")
     browse.add_argument("--reader-url", help="OpenAI-compatible base URL, e.g. .../v1")
-    browse.add_argument("--reader-model")
-    browse.add_argument("--window-chars", type=int, default=40_960)
-    browse.add_argument("--page-budget", type=int, default=4)
+    browse.add_argument("--reader-model", help="model name sent to the reader endpoint")
+    browse.add_argument("--window-chars", type=int, default=40_960, help="characters per window")
+    browse.add_argument("--page-budget", type=int, default=4, help="windows read per URL")
     browse.add_argument("--text-format", choices=("markdown", "text"), default="markdown")
 
     index = commands.add_parser("index", help="build a BM25 index from a JSONL corpus")

@@ -247,7 +247,7 @@ class ToolExecutor:
             session.next_window[url] = end
             pages = [(i, windows[i]) for i in range(start, end)]
             return PageResult(url, doc.title, pages, total_pages=len(windows))
-        query = session.latest_search.get(url, "")
+        query = session.latest_search.get(url, "(none: the URL was not found by a search)")
         reading = await read_page(
             self._llm,
             self._prompt,
