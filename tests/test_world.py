@@ -106,6 +106,16 @@ def test_pages_pass_through_the_browse_extractor_with_facts_intact(world):
         assert "Privacy policy" not in text  # footer boilerplate is stripped
 
 
+def test_events_are_news_reports_and_the_rest_encyclopedia_articles(world):
+    for e in world.entities:
+        page = world.pages[e.path]
+        if e.kind == "event":
+            assert e.path.startswith("/news/") and 'class="byline"' in page
+            assert 'class="infobox"' not in page
+        else:
+            assert e.path.startswith("/wiki/") and 'class="infobox"' in page
+
+
 def test_long_pages_state_their_deferred_fact_only_beyond_the_first_8000_chars(world):
     long_pages = [e for e in world.entities if e.long]
     assert len(long_pages) >= 0.05 * len(world.entities)

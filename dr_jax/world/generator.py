@@ -93,7 +93,8 @@ class Entity:
 
     @property
     def path(self) -> str:
-        return f"/wiki/{self.slug}.html"
+        """Events are news reports (/news/...), everything else encyclopedia articles."""
+        return f"/{'news' if self.kind == 'event' else 'wiki'}/{self.slug}.html"
 
 
 def slugify(name: str) -> str:

@@ -8,6 +8,7 @@ prose, beyond the first reading window of the browse tool.
 
 import html
 import random
+from dataclasses import dataclass
 
 from dr_jax.world.generator import Entity
 from dr_jax.world.names import filler_word
@@ -118,6 +119,8 @@ SECTIONS = {  # kind -> [(heading, facts)]
     "event": [("Background", ("organiser", "location")), ("Edition", ("held", "attendance"))],
 }
 NAV = ("Main page", "Contents", "Current events", "Random article", "About", "Help")
+NEWS_SITE = "World Herald"
+NEWS_NAV = ("Home", "World", "Culture", "Business", "Science", "Opinion")
 
 _FILLER = (
     "The {a} quarter grew slowly around the old {b} road, and its markets drew traders "
@@ -202,46 +205,73 @@ def _filler(rng: random.Random, words: list[str], chars: int) -> list[str]:
 def render_page(e: Entity, entities: list[Entity], seed: int, lookalikes: list[int]) -> str:
     """Full HTML document for one entity; deterministic in (seed, entity).
 
-    `lookalikes` are the ids of its near-duplicates, named in a "not to be confused" hatnote.
+    Events are news reports, everything else encyclopedia articles. `lookalikes` are the ids
+    of the entity's near-duplicates, named in a "not to be confused" hatnote.
     """
     rng = random.Random(f"dr_jax.world:{seed}:page:{e.id}")
     sentences = fact_sentences(e)
     possessive = rng.choice(("his", "her")) if e.kind == "person" else "its"
     values = {k: html.escape(format_value(k, v)) for k, v in e.attrs.items()}
     values.update({k: _link(entities[t]) for k, t in e.rels.items()})
-    name = html.escape(e.name)
-    subject = f"<i>{name}</i>" if e.kind == "work" else name
+    subject = f"<i>{html.escape(e.name)}</i>" if e.kind == "work" else html.escape(e.name)
 
     def say(fact: str) -> str:
         value = article(values[fact]) if fact == "occupation" else values[fact]
         return rng.choice(sentences[fact]).format(s=subject, v=value, p=possessive)
 
-    lead = [f"{subject} is {html.escape(describe(e, entities))}."]
-    body: list[str] = []
-    for heading, facts in SECTIONS[e.kind]:
-        stated = [say(f) for f in facts if f != e.deferred]
-        if stated:
-            body.append(f"<h2>{heading}</h2>\n<p>{' '.join(stated)}</p>")
+    sections = [
+        (heading, " ".join(say(f) for f in facts if f != e.deferred))
+        for heading, facts in SECTIONS[e.kind]
+    ]
+    filler: list[tuple[str, list[str]]] = []
     if e.long:
         words = [filler_word(rng) for _ in range(12)]
         paragraphs = _filler(rng, words, e.long)
         per_section = max(1, len(paragraphs) // len(_FILLER_HEADINGS))
         for i in range(0, len(paragraphs), per_section):
             heading = _FILLER_HEADINGS[(i // per_section) % len(_FILLER_HEADINGS)]
-            chunk = "\n".join(f"<p>{p}</p>" for p in paragraphs[i : i + per_section])
-            body.append(f"<h2>{heading}</h2>\n{chunk}")
-        body.append(f"<h2>Notes</h2>\n<p>{say(e.deferred)}</p>")
-
-    rows = "\n".join(
-        f"<tr><th>{INFOBOX_LABELS[k]}</th><td>{values[k]}</td></tr>"
-        for k in (*e.attrs, *e.rels)
-        if k != e.deferred
+            filler.append((heading, paragraphs[i : i + per_section]))
+    page = _Page(
+        e=e,
+        lead=f"{subject} is {html.escape(describe(e, entities))}.",
+        sections=[(h, text) for h, text in sections if text],
+        filler=filler,
+        deferred=say(e.deferred) if e.long else "",
+        infobox=[(INFOBOX_LABELS[k], values[k]) for k in (*e.attrs, *e.rels) if k != e.deferred],
+        hatnote=" or ".join(_link(entities[t]) for t in lookalikes),
+        related=[_link(entities[t]) for t in dict.fromkeys(e.rels.values())],
     )
-    hatnote = ""
-    if lookalikes:
-        others = " or ".join(_link(entities[t]) for t in lookalikes)
-        hatnote = f'<p class="hatnote">Not to be confused with {others}.</p>\n'
-    related = "\n".join(f"<li>{_link(entities[t])}</li>" for t in dict.fromkeys(e.rels.values()))
+    return _news(page, rng) if e.kind == "event" else _encyclopedia(page)
+
+
+@dataclass
+class _Page:
+    """The rendered pieces of one page, before a layout arranges them."""
+
+    e: Entity
+    lead: str
+    sections: list[tuple[str, str]]  # (heading, sentences stating facts)
+    filler: list[tuple[str, list[str]]]  # (heading, fact-free paragraphs)
+    deferred: str  # the sentence a long page keeps for its end
+    infobox: list[tuple[str, str]]
+    hatnote: str
+    related: list[str]
+
+
+def _encyclopedia(page: _Page) -> str:
+    name = html.escape(page.e.name)
+    body = [f"<h2>{h}</h2>\n<p>{text}</p>" for h, text in page.sections]
+    body += [
+        f"<h2>{h}</h2>\n" + "\n".join(f"<p>{p}</p>" for p in paragraphs)
+        for h, paragraphs in page.filler
+    ]
+    if page.deferred:
+        body.append(f"<h2>Notes</h2>\n<p>{page.deferred}</p>")
+    hatnote = f'<p class="hatnote">Not to be confused with {page.hatnote}.</p>\n' * bool(
+        page.hatnote
+    )
+    rows = "\n".join(f"<tr><th>{label}</th><td>{value}</td></tr>" for label, value in page.infobox)
+    related = "\n".join(f"<li>{link}</li>" for link in page.related)
     nav = " | ".join(f'<a href="/">{item}</a>' for item in NAV)
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -252,7 +282,7 @@ def render_page(e: Entity, entities: list[Entity], seed: int, lookalikes: list[i
 <main>
 <article>
 <h1>{name}</h1>
-{hatnote}<p>{" ".join(lead)}</p>
+{hatnote}<p>{page.lead}</p>
 <table class="infobox">
 <caption>{name}</caption>
 {rows}
@@ -268,6 +298,46 @@ def render_page(e: Entity, entities: list[Entity], seed: int, lookalikes: list[i
 agents. Text is available under the Creative Commons Attribution-ShareAlike License.</p>
 <p><a href="/">Privacy policy</a> | <a href="/">About {SITE}</a> | <a href="/">Disclaimers</a>
 </p></footer>
+</body>
+</html>
+"""
+
+
+def _news(page: _Page, rng: random.Random) -> str:
+    """A news report: byline, paragraphs without infobox, a "most read" sidebar."""
+    name = html.escape(page.e.name)
+    reporter = f"{filler_word(rng)} {filler_word(rng)}"
+    paragraphs = [page.lead] + [text for _, text in page.sections]
+    paragraphs += [p for _, chunk in page.filler for p in chunk]
+    if page.deferred:
+        paragraphs.append(f"Editor's note: {page.deferred}")
+    if page.hatnote:
+        paragraphs.insert(0, f"<em>This report is not about {page.hatnote}.</em>")
+    body = "\n".join(f"<p>{p}</p>" for p in paragraphs)
+    related = "\n".join(f"<li>{link}</li>" for link in page.related)
+    nav = " | ".join(f'<a href="/">{item}</a>' for item in NEWS_NAV)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>{name} - {NEWS_SITE}</title></head>
+<body>
+<header><nav class="site-nav"><b>{NEWS_SITE}</b> | {nav}</nav>
+<p class="subscribe">Subscribe for unlimited access to {NEWS_SITE} reporting.</p></header>
+<main>
+<article>
+<h1>{name}</h1>
+<p class="byline">By {reporter}, staff reporter</p>
+{body}
+<h2>Related coverage</h2>
+<ul>
+{related}
+</ul>
+</article>
+<aside><h3>Most read</h3><ol><li><a href="/">Weather warnings for the coast</a></li>
+<li><a href="/">Markets close higher</a></li></ol></aside>
+</main>
+<footer><p>&copy; {NEWS_SITE}, a fictional newspaper generated for research agents.
+<a href="/">Terms of use</a> | <a href="/">Privacy policy</a> | <a href="/">Contact us</a></p>
+</footer>
 </body>
 </html>
 """
