@@ -21,6 +21,7 @@ colocated with the learner reads its sharded params on its mesh directly.
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 from collections import deque
 from collections.abc import Sequence
@@ -120,6 +121,51 @@ def _emit(slots: Slots, logits: jax.Array, rows: jax.Array) -> tuple[Slots, jax.
     return slots, jnp.where(rows, tokens, -1), logprobs
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4), donate_argnums=2)
+def _decode(policy: Policy, params, cache: KVCache, slots: Slots, steps: int):
+    """`steps` decode steps: write each active row's pending token, sample the next one.
+    Returns the cache, slots, tokens i32[steps, B] (-1 where idle) and log-probs f32[steps, B].
+    Compiled once per (policy, shapes): every sampler over the same policy shares it."""
+
+    def step(carry, _):
+        cache, slots = carry
+        logits, cache = policy.extend(
+            params, cache, slots.pending[:, None], slots.active.astype(jnp.int32)
+        )
+        slots, tokens, logprobs = _emit(slots, logits, slots.active)
+        return (cache, slots), (tokens, logprobs)
+
+    (cache, slots), (tokens, logprobs) = jax.lax.scan(step, (cache, slots), length=steps)
+    return cache, slots, tokens, logprobs
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7, 8), donate_argnums=2)
+def _prefill(policy: Policy, params, cache: KVCache, slots: Slots, rows, tokens, lengths, n, chunk):
+    """Prefills prompts tokens i32[b, n] (right-padded, lengths i32[b]) on a fresh [b, n] cache
+    in chunks, copies it into cache rows `rows` i32[b] (B = padding, dropped) and samples each
+    row's first token. Returns cache, slots, tokens i32[B] (-1 elsewhere), log-probs f32[B]."""
+    b, batch = tokens.shape[0], cache.k.shape[1]
+    small = policy.init_cache(b, n)
+
+    def step(carry, i):
+        small, last = carry
+        piece = jax.lax.dynamic_slice_in_dim(tokens, i * chunk, chunk, axis=1)
+        num_new = jnp.clip(lengths - i * chunk, 0, chunk)
+        logits, small = policy.extend(params, small, piece, num_new)
+        return (small, jnp.where((num_new > 0)[:, None], logits, last)), None
+
+    last = jnp.zeros((b, policy.config.vocab_size), jnp.float32)
+    (small, last), _ = jax.lax.scan(step, (small, last), jnp.arange(n // chunk))
+    span = min(n, cache.max_len)
+    k = cache.k.at[:, rows, :span].set(small.k[:, :, :span], mode="drop")
+    v = cache.v.at[:, rows, :span].set(small.v[:, :, :span], mode="drop")
+    cache = KVCache(k, v, cache.lengths.at[rows].set(lengths, mode="drop"))
+    logits = jnp.zeros((batch, last.shape[-1]), jnp.float32).at[rows].set(last, mode="drop")
+    fresh = jnp.zeros(batch, bool).at[rows].set(True, mode="drop")
+    slots, first, logprobs = _emit(slots, logits, fresh)
+    return cache, slots, first, logprobs
+
+
 @dataclasses.dataclass
 class _Request:
     prompt: list[int]
@@ -176,57 +222,11 @@ class JaxSampler:
         self._waiting: deque[_Request] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._decode = jax.jit(self._decode_fn, static_argnums=3, donate_argnums=1)
-        self._prefill = jax.jit(self._prefill_fn, static_argnums=(6, 7), donate_argnums=1)
         self.stats = {"prefill_calls": 0, "decode_calls": 0, "decode_steps": 0, "tokens": 0}
 
     def update_params(self, params: Any) -> None:
         """Samples with `params` from the next chunk on (the learner's arrays, not a copy)."""
         self.params = params
-
-    # ----------------------------------------------------------------------- device code
-
-    def _decode_fn(self, params, cache: KVCache, slots: Slots, steps: int):
-        """`steps` decode steps: write each active row's pending token, sample the next one.
-        Returns the cache, slots, tokens i32[steps, B] (-1 where idle) and log-probs."""
-
-        def step(carry, _):
-            cache, slots = carry
-            logits, cache = self.policy.extend(
-                params, cache, slots.pending[:, None], slots.active.astype(jnp.int32)
-            )
-            slots, tokens, logprobs = _emit(slots, logits, slots.active)
-            return (cache, slots), (tokens, logprobs)
-
-        (cache, slots), (tokens, logprobs) = jax.lax.scan(step, (cache, slots), length=steps)
-        return cache, slots, tokens, logprobs
-
-    def _prefill_fn(self, params, cache: KVCache, slots: Slots, rows, tokens, lengths, n, chunk):
-        """Prefills prompts tokens i32[b, n] (right-padded, lengths i32[b]) on a fresh [b, n]
-        cache in chunks, copies it into cache rows `rows` i32[b] (B = padding, dropped) and
-        samples each row's first token. Returns cache, slots, tokens i32[B], log-probs f32[B]."""
-        b = tokens.shape[0]
-        small = self.policy.init_cache(b, n)
-
-        def step(carry, i):
-            small, last = carry
-            piece = jax.lax.dynamic_slice_in_dim(tokens, i * chunk, chunk, axis=1)
-            num_new = jnp.clip(lengths - i * chunk, 0, chunk)
-            logits, small = self.policy.extend(params, small, piece, num_new)
-            return (small, jnp.where((num_new > 0)[:, None], logits, last)), None
-
-        last = jnp.zeros((b, self.policy.config.vocab_size), jnp.float32)
-        (small, last), _ = jax.lax.scan(step, (small, last), jnp.arange(n // chunk))
-        span = min(n, cache.max_len)
-        k = cache.k.at[:, rows, :span].set(small.k[:, :, :span], mode="drop")
-        v = cache.v.at[:, rows, :span].set(small.v[:, :, :span], mode="drop")
-        cache = KVCache(k, v, cache.lengths.at[rows].set(lengths, mode="drop"))
-        logits = (
-            jnp.zeros((self.batch, last.shape[-1]), jnp.float32).at[rows].set(last, mode="drop")
-        )
-        fresh = jnp.zeros(self.batch, bool).at[rows].set(True, mode="drop")
-        slots, first, logprobs = _emit(slots, logits, fresh)
-        return cache, slots, first, logprobs
 
     # ---------------------------------------------------------------------- the public API
 
@@ -319,8 +319,8 @@ class JaxSampler:
             lengths[i] = len(prompt)
 
         def call():
-            out = self._prefill(
-                self.params, self._cache, self._slots, rows, tokens, lengths, n, chunk
+            out = _prefill(
+                self.policy, self.params, self._cache, self._slots, rows, tokens, lengths, n, chunk
             )
             return out[0], jax.device_get(out[1:])
 
@@ -330,7 +330,7 @@ class JaxSampler:
 
     async def _run_decode(self) -> None:
         def call():
-            out = self._decode(self.params, self._cache, self._slots, self.decode_chunk)
+            out = _decode(self.policy, self.params, self._cache, self._slots, self.decode_chunk)
             return out[0], jax.device_get(out[1:])
 
         self._cache, (slots, tokens, logprobs) = await asyncio.to_thread(call)

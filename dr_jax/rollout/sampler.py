@@ -6,11 +6,14 @@ was drawn from, log softmax(logits / T) at the sampled id (T = 1 for greedy), so
 `dr_jax.losses.token_logprobs(logits, tokens, temperature=T)` of the same policy.
 """
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dr_jax.losses import token_logprobs
 
@@ -73,22 +76,48 @@ class Sampler(Protocol):
         ...
 
 
+LOGPROB_CHUNK = 128  # positions unembedded at once by `policy_logprobs` ([128, V] logits)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _policy_logprobs(policy: Any, params: Any, tokens: jax.Array, temperature: float):
+    hidden = policy.apply(params, tokens[None], return_hidden=True)[0]  # [W, D]
+    targets = jnp.roll(tokens, -1)  # position t predicts tokens[t + 1]
+
+    def chunk(args):
+        h, y = args
+        return token_logprobs(policy.unembed(params, h), y, temperature)
+
+    width, dim = hidden.shape
+    shape = (width // LOGPROB_CHUNK, LOGPROB_CHUNK)
+    lp = jax.lax.map(chunk, (hidden.reshape(*shape, dim), targets.reshape(shape))).reshape(-1)
+    return jnp.concatenate([jnp.zeros(1, lp.dtype), lp[:-1]])
+
+
+def policy_logprobs(policy: Any, tokens: Sequence[int], temperature: float = 1.0) -> np.ndarray:
+    """The trainer's view: f32[T] with entry t = log softmax(logits_t-1 / T)[tokens[t]] from one
+    full forward pass over `tokens` (entry 0 is 0). Padded to a power-of-two width on the
+    right (causal, so it changes nothing) to compile once per width."""
+    n = len(tokens)
+    width = max(LOGPROB_CHUNK, 1 << (n - 1).bit_length())
+    padded = np.zeros(width, np.int32)
+    padded[:n] = tokens
+    out = _policy_logprobs(policy, policy.params, jnp.asarray(padded), float(temperature))
+    return np.asarray(out)[:n]
+
+
 async def sampler_logprob_gap(
     sampler: Sampler, policy: Any, prompts: Sequence[Sequence[int]], params: SamplingParams
 ) -> float:
-    """max |sampler log-prob - losses.token_logprobs(policy)| over every sampled token.
-
-    The trainer-side value is a full forward pass over prompt + sample at the sampling
-    temperature (1 for greedy); a gap above ~1e-4 (f32) means trainer and sampler disagree.
-    """
+    """max |sampler log-prob - trainer log-prob| over every sampled token, the trainer's being
+    `policy_logprobs` at the sampling temperature (1 for greedy). Above ~1e-4 in f32, trainer
+    and sampler disagree (wrong temperature, truncation, positions or cache)."""
     results = await sampler.generate(prompts, params)
     temperature = params.temperature if params.temperature > 0 else 1.0
     gap = 0.0
     for prompt, result in zip(prompts, results, strict=True):
-        if not result.token_ids:
-            continue
-        tokens = jnp.asarray([[*prompt, *result.token_ids]], jnp.int32)
-        logits = policy.logits(tokens)[:, len(prompt) - 1 : -1]
-        trainer = token_logprobs(logits, tokens[:, len(prompt) :], temperature)[0]
-        gap = max(gap, float(jnp.max(jnp.abs(trainer - jnp.asarray(result.logprobs)))))
+        if result.token_ids:
+            trainer = policy_logprobs(policy, [*prompt, *result.token_ids], temperature)
+            diff = np.abs(trainer[len(prompt) :] - np.asarray(result.logprobs))
+            gap = max(gap, float(diff.max()))
     return gap
