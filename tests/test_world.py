@@ -51,6 +51,13 @@ def test_default_world_is_demo_sized_with_held_out_splits(world):
     assert len({q.id for q in world.questions}) == len(world.questions)
 
 
+def test_no_train_question_reads_a_fact_that_a_held_out_question_needs(world):
+    def facts(split):
+        return {(r.path, r.fact) for q in world.split(split) for rnd in q.plan for r in rnd}
+
+    assert facts("train").isdisjoint(facts("dev") | facts("test"))
+
+
 def test_every_kind_and_hop_count_is_present_in_each_held_out_split(world):
     expected = {
         "world_1hop": 1,

@@ -1,14 +1,13 @@
 """The scripted oracle solves world questions through the real tools over loopback HTTP."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from dr_jax.rollout.parse import parse_turn
 from dr_jax.tools import ToolsConfig
 from dr_jax.world import World
+from dr_jax.world.__main__ import main
 from dr_jax.world.oracle import demonstrate
 from dr_jax.world.questions import KIND_MIX
 
@@ -89,11 +88,7 @@ def test_oracle_reads_deepresearcher_observations_too(world):
 
 def test_demos_cli_writes_one_jsonl_record_per_question(tmp_path):
     out = tmp_path / "demos.jsonl"
-    subprocess.run(
-        [sys.executable, "-m", "dr_jax.world", "demos", "--size", "tiny", "--split", "dev",
-         "--out", str(out)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    assert main(["demos", "--size", "tiny", "--split", "dev", "--out", str(out)]) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in records] == [q.id for q in World.generate(0, "tiny").split("dev")]
     assert all(r["f1"] == 1.0 and r["turns"][-1]["observation"] is None for r in records)

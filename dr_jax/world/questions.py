@@ -264,7 +264,12 @@ class QuestionFactory:
 def generate_questions(
     entities: list[Entity], seed: int, total: int, held_out: int
 ) -> list[Question]:
-    """`total` distinct questions mixed as KIND_MIX; `held_out` each for dev and test."""
+    """About `total` distinct questions mixed as KIND_MIX; `held_out` each for dev and test.
+
+    Held-out questions are drawn first; a train question may not read any (page, fact) that a
+    held-out question reads, so training on train trajectories (whose reasoning quotes the
+    facts) cannot teach a held-out answer or shortcut one of its hops.
+    """
     factory = QuestionFactory(entities, seed)
     makers = {
         "world_1hop": lambda: factory.bridge(1),
@@ -275,25 +280,28 @@ def generate_questions(
         "world_4hop_comparison": factory.compare_names,
     }
     seen: set[str] = set()
+    held_facts: set[tuple[str, str]] = set()
     questions: list[Question] = []
-    for source, share in KIND_MIX.items():
-        want, drawn, attempts = round(total * share), [], 0
-        while len(drawn) < want and attempts < 20 * want + 100:
+
+    def draw(source: str, want: int, split: str) -> None:
+        drawn, attempts = 0, 0
+        while drawn < want and attempts < 50 * want + 100:
             attempts += 1
             made = makers[source]()
             if made is None:
                 continue
             text, answers, plan = made
+            facts = {(r.path, r.fact) for round_ in plan for r in round_}
             if text in seen or any(contains_words(text, a) for a in answers):
                 continue
+            if split == "train" and not facts.isdisjoint(held_facts):
+                continue
+            if split != "train":
+                held_facts.update(facts)
             seen.add(text)
-            drawn.append((text, answers, plan))
-        n_held = round(held_out * share)
-        for i, (text, answers, plan) in enumerate(drawn):
-            split = "dev" if i < n_held else "test" if i < 2 * n_held else "train"
             questions.append(
                 Question(
-                    id=f"world{seed}_{source.removeprefix('world_')}_{i}",
+                    id=f"world{seed}_{source.removeprefix('world_')}_{split}{drawn}",
                     question=text,
                     answers=answers,
                     data_source=source,
@@ -303,4 +311,11 @@ def generate_questions(
                     plan=plan,
                 )
             )
+            drawn += 1
+
+    for split in ("dev", "test"):
+        for source, share in KIND_MIX.items():
+            draw(source, round(held_out * share), split)
+    for source, share in KIND_MIX.items():
+        draw(source, round((total - 2 * held_out) * share), "train")
     return questions
