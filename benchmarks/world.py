@@ -73,7 +73,8 @@ def main() -> None:
               f"{r['index_s']:>8.2f} {r['build_s']:>8.2f} {r['page_mb']:>8.1f} "
               f"{r['peak_rss_mb']:>11.0f}")  # fmt: skip
     setup = (
-        f"seed 0, {os.cpu_count()} cores, generate + BM25 index (imports excluded); default world {rows[0]['pages']} pages; "
+        f"seed 0, {os.cpu_count()} cores, generate + BM25 index (imports excluded); "
+        f"default world {rows[0]['pages']} pages; "
         f"{rows[1]['pages']}-page world built in {rows[1]['build_s']:.0f} s, "
         f"peak RSS {rows[1]['peak_rss_mb']:.0f} MB"
     )
