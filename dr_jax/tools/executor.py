@@ -8,6 +8,7 @@ cache is the only source. Whatever goes wrong becomes text the model reads.
 """
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
@@ -90,13 +91,13 @@ class ToolExecutor:
 
     async def start(self) -> None:
         cfg = self.config
-        self._global = asyncio.Semaphore(cfg.concurrency)
         self._clients = ClientPool(cfg)
         try:
             if cfg.cache_path:
                 self._cache = ToolCache(cfg.cache_path, shared_fs=cfg.cache_shared_fs)
             if self._backend is not None and (not cfg.replay or cfg.search_backend == "local"):
-                await self._backend.start(self._clients.next())
+                async with self._clients.lease() as client:
+                    await self._backend.start(client)
             if cfg.reader == "llm" and not cfg.replay:
                 await self._check_reader()
             self._extractor = Extractor(cfg.extract_workers)
@@ -108,7 +109,8 @@ class ToolExecutor:
     async def _check_reader(self) -> None:
         url = (self.config.reader_url or "").rstrip("/") + "/models"
         try:
-            await self._clients.next().get(url, timeout=self.config.request_timeout)
+            async with self._clients.lease() as client:
+                await client.get(url, timeout=self.config.request_timeout)
         except httpx.HTTPError as e:
             raise ToolsSetupError(
                 f"reader LLM at {self.config.reader_url} is unreachable ({e!r}); start it or fix "
@@ -181,7 +183,7 @@ class ToolExecutor:
 
         async def produce() -> str:
             hits = await self._retrying(
-                lambda: self._backend.search(self._clients.next(), query, cfg.top_k), host=None
+                lambda client: self._backend.search(client, query, cfg.top_k), host=None
             )
             return json.dumps([[h.title, h.url, h.snippet] for h in hits])
 
@@ -201,7 +203,7 @@ class ToolExecutor:
         async def produce() -> str:
             host = urlsplit(url).hostname or ""
             fetched = await self._retrying(
-                lambda: fetch_page(self._clients.next(), url, self.config), host=host
+                lambda client: fetch_page(client, url, self.config), host=host
             )
             doc = await self._extractor.extract(fetched, self.config.text_format)
             return json.dumps({"url": doc.url, "title": doc.title, "text": doc.text})
@@ -274,8 +276,8 @@ class ToolExecutor:
 
         async def produce() -> str:
             return await self._retrying(
-                lambda: chat_completion(
-                    self._clients.next(),
+                lambda client: chat_completion(
+                    client,
                     cfg.reader_url or "",
                     cfg.reader_model or "",
                     prompt,
@@ -328,14 +330,15 @@ class ToolExecutor:
         return value
 
     def _host_limit(self, host: str) -> asyncio.Semaphore:
-        """Per-host semaphore ("" = search backends and the reader: only the global limit)."""
         if host not in self._host_limits:
-            size = self.config.per_host if host else self.config.concurrency
-            self._host_limits[host] = asyncio.Semaphore(size)
+            self._host_limits[host] = asyncio.Semaphore(self.config.per_host)
         return self._host_limits[host]
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]], host: str | None) -> T:
-        """Run `attempt` under the concurrency limits, retrying retryable ToolErrors.
+    async def _retrying(
+        self, attempt: Callable[[httpx.AsyncClient], Awaitable[T]], host: str | None
+    ) -> T:
+        """Run `attempt(client)` under the concurrency limits (a client lease is the global
+        limit), retrying retryable ToolErrors.
 
         Wait before retry n (0-based) ~ U(0, min(backoff_max, backoff_base * 2**n)), or the
         server's Retry-After when it gives one (refused when longer than backoff_max).
@@ -344,9 +347,10 @@ class ToolExecutor:
         for n in itertools.count():
             try:
                 # Host first: waiting for a busy host must not hold one of the global slots.
-                async with self._host_limit(host or ""), self._global:
+                host_limit = self._host_limit(host) if host else contextlib.nullcontext()
+                async with host_limit, self._clients.lease() as client:
                     self._metrics.counts["requests"] += 1
-                    return await attempt()
+                    return await attempt(client)
             except ToolError as e:
                 if not e.retryable or n == cfg.retries:
                     raise

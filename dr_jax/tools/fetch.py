@@ -3,10 +3,9 @@
 import asyncio
 import contextlib
 import email.utils
-import itertools
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -19,28 +18,35 @@ from dr_jax.tools.urlsafety import check_peer, check_url
 
 
 class ClientPool:
-    """Several small httpx clients used in turn, sharing one TLS context.
+    """`size` single-connection httpx clients, lent out one request at a time.
 
-    httpcore's connection pool does work proportional to (connections x waiting requests) on
-    every scheduling step, which dominates at 64+ requests in flight; clients of
-    `per_client` connections each keep that cost flat. Closed with `aclose`.
+    A lease is also the global concurrency limit: at most `size` requests are in flight.
+    httpcore's pool does work proportional to (connections x waiting requests) on every
+    scheduling step, which dominates at 64 requests in flight in one client; a client per
+    request keeps that cost flat, and an idle client keeps its connection alive for the next.
     """
 
-    def __init__(self, cfg: ToolsConfig, per_client: int = 4) -> None:
+    def __init__(self, cfg: ToolsConfig) -> None:
         tls = ssl.create_default_context(cafile=certifi.where())
-        count = -(-cfg.concurrency // per_client)
-        limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         timeout = httpx.Timeout(cfg.read_timeout, connect=cfg.connect_timeout)
         # trust_env=False: no proxy from the environment, so the peer-address check sees the
         # real server (through a proxy it would see the proxy).
         self._clients = [
             httpx.AsyncClient(verify=tls, limits=limits, timeout=timeout, trust_env=False)
-            for _ in range(count)
+            for _ in range(cfg.concurrency)
         ]
-        self._turn = itertools.cycle(self._clients)
+        self._idle: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+        for client in self._clients:
+            self._idle.put_nowait(client)
 
-    def next(self) -> httpx.AsyncClient:
-        return next(self._turn)
+    @contextlib.asynccontextmanager
+    async def lease(self) -> AsyncIterator[httpx.AsyncClient]:
+        client = await self._idle.get()
+        try:
+            yield client
+        finally:
+            self._idle.put_nowait(client)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(client.aclose() for client in self._clients))
