@@ -8,7 +8,7 @@ class ToolsSetupError(RuntimeError):
 class ToolError(Exception):
     """A failure the web caused; the executor turns it into an observation, never lets it escape.
 
-    `kind` is a short stable label used for metrics and retry decisions ("timeout", "http_503",
+    `kind` is a short stable label used for metrics and retry decisions ("timeout", "http_5xx",
     "too_large", "unsafe_url", ...); the message is what the model reads.
     """
 

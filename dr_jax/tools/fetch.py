@@ -18,9 +18,9 @@ from dr_jax.tools.urlsafety import check_peer, check_url
 
 
 class ClientPool:
-    """`size` single-connection httpx clients, lent out one request at a time.
+    """`cfg.concurrency` single-connection httpx clients, lent out one request at a time.
 
-    A lease is also the global concurrency limit: at most `size` requests are in flight.
+    A lease is also the global concurrency limit: at most that many requests are in flight.
     httpcore's pool does work proportional to (connections x waiting requests) on every
     scheduling step, which dominates at 64 requests in flight in one client; a client per
     request keeps that cost flat, and an idle client keeps its connection alive for the next.
