@@ -130,8 +130,9 @@ def generate_entities(spec: WorldSpec) -> list[Entity]:
         for _ in range(counts[kind]):
             entities.append(_new_entity(len(entities), kind, names, rng))
     by_kind = {k: [e.id for e in entities if e.kind == k] for k in KINDS}
+    publishers = _publishers(entities, by_kind["organisation"])
     for e in entities:
-        _wire(e, entities, by_kind, rng)
+        _wire(e, by_kind, publishers, rng)
     for e in entities:
         _draw_attrs(e, entities, countries, rng)
     for source_id in rng.sample(range(len(entities)), min(n_twins, len(entities))):
@@ -169,18 +170,20 @@ def _new_entity(i: int, kind: str, names: NameGenerator, rng: random.Random) -> 
     return Entity(id=i, kind=kind, name=name, slug=slugify(name), subtype=subtype)
 
 
-def _publishers_for(work_type: str, entities: list[Entity], orgs: list[int]) -> list[int]:
-    fitting = {suffix for suffix, _, works in ORG_TYPES if works == work_type}
-    return [o for o in orgs if entities[o].subtype in fitting] or orgs
+def _publishers(entities: list[Entity], orgs: list[int]) -> dict[str, list[int]]:
+    """Work type -> organisations that publish it (novels need a press, films a studio)."""
+    out = {}
+    for work_type in WORK_TYPES:
+        fitting = {suffix for suffix, _, works in ORG_TYPES if works == work_type}
+        out[work_type] = [o for o in orgs if entities[o].subtype in fitting] or orgs
+    return out
 
 
-def _wire(e: Entity, entities: list[Entity], by_kind: dict[str, list[int]], rng) -> None:
+def _wire(e: Entity, by_kind: dict[str, list[int]], publishers: dict[str, list[int]], rng) -> None:
     for rel, (source, target) in RELATIONS.items():
         if source != e.kind:
             continue
-        pool = by_kind[target]
-        if rel == "publisher":
-            pool = _publishers_for(e.subtype, entities, pool)
+        pool = publishers[e.subtype] if rel == "publisher" else by_kind[target]
         choice = rng.choice(pool)
         while choice == e.id and len(pool) > 1:
             choice = rng.choice(pool)
