@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
+from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession, ToolsSetupError
 from dr_jax.tools.cache import MemoryCache, ToolCache
 from dr_jax.tools.calls import ToolCall
 from dr_jax.tools.loopback import LoopbackServer, Reply, Request
@@ -151,7 +151,7 @@ def test_replay_serves_the_cache_with_the_network_off(web, tmp_path):
 WRITER = textwrap.dedent(
     """
     import asyncio, sys
-    from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
+    from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession, ToolsSetupError
     from dr_jax.tools.calls import ToolCall
 
     async def main(url, cache, worker):
@@ -189,3 +189,14 @@ def test_two_processes_share_one_cache_without_corrupting_it(web, tmp_path):
     with sqlite3.connect(cache) as conn:
         for key, value in conn.execute("SELECT key, value FROM entries"):
             assert json.loads(value)[0][2] == json.loads(key)[2]
+
+
+def test_replay_without_a_recorded_cache_is_a_start_up_error(web, tmp_path):
+    config = _config(web, tmp_path / "never-recorded.sqlite", replay=True)
+
+    async def scenario():
+        async with ToolExecutor(config):
+            pass
+
+    with pytest.raises(ToolsSetupError, match="no cache at"):
+        asyncio.run(scenario())

@@ -15,8 +15,10 @@ import json
 import logging
 import os
 import random
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -94,7 +96,7 @@ class ToolExecutor:
         self._clients = ClientPool(cfg)
         try:
             if cfg.cache_path:
-                self._cache = ToolCache(cfg.cache_path, shared_fs=cfg.cache_shared_fs)
+                self._cache = self._open_cache(cfg)
             if self._backend is not None and (not cfg.replay or cfg.search_backend == "local"):
                 async with self._clients.lease() as client:
                     await self._backend.start(client)
@@ -105,6 +107,16 @@ class ToolExecutor:
         except BaseException:
             await self.close()
             raise
+
+    @staticmethod
+    def _open_cache(cfg: ToolsConfig) -> ToolCache:
+        path = Path(cfg.cache_path)
+        if cfg.replay and not path.is_file():
+            raise ToolsSetupError(f"replay=True but there is no cache at {path}: record one first")
+        try:
+            return ToolCache(path, shared_fs=cfg.cache_shared_fs)
+        except sqlite3.Error as e:
+            raise ToolsSetupError(f"cannot open the tool cache {path}: {e}") from None
 
     async def _check_reader(self) -> None:
         url = (self.config.reader_url or "").rstrip("/") + "/models"
