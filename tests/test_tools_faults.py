@@ -122,6 +122,8 @@ class FaultyWeb:
         model = json.loads(request.body)["model"]
         if model == "broken":
             return Reply(status=500, body=b"model crashed")
+        if model == "stuck":
+            return Reply(hang=True)
         if model == "garbage":
             return Reply(body=b"<html>proxy error</html>", content_type="text/html")
         prompt = json.loads(request.body)["messages"][0]["content"]
@@ -146,6 +148,7 @@ def _config(web: FaultyWeb, **overrides) -> ToolsConfig:
         connect_timeout=0.5,
         read_timeout=0.5,
         request_timeout=1.0,
+        reader_timeout=1.0,
         call_timeout=8.0,
         retries=2,
         backoff_base=0.01,
@@ -291,6 +294,14 @@ def test_reader_llm_with_garbage_replies_leaves_an_observation(web):
         web, "/page", reader="llm", reader_url=web.url("/v1"), reader_model="garbage"
     )
     assert "unexpected response" in page["error"]
+
+
+def test_reader_llm_that_never_answers_times_out(web):
+    page, seconds, _ = _browse(
+        web, "/page", reader="llm", reader_url=web.url("/v1"), reader_model="stuck", retries=1
+    )
+    assert "reader failed on page 0" in page["error"] and "timed out" in page["error"]
+    assert seconds < 3
 
 
 def test_reader_that_never_says_stop_is_stopped_by_the_page_budget(web):

@@ -39,6 +39,8 @@ class ToolsConfig:
     """Sampling temperature of the reader LLM."""
     reader_max_tokens: int = 1024
     """Completion budget of one reader call."""
+    reader_timeout: float = 120.0
+    """Seconds for one reader LLM reply (a 40,960-character window is ~10k prompt tokens)."""
     page_budget: int = 4
     """At most this many windows of one page are read (llm) or returned (none)."""
     window_chars: int = 40_960

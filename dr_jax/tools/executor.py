@@ -296,7 +296,7 @@ class ToolExecutor:
                     temperature=cfg.reader_temperature,
                     max_tokens=cfg.reader_max_tokens,
                     api_key=self._reader_key,
-                    timeout=cfg.request_timeout,
+                    timeout=cfg.reader_timeout,
                 ),
                 host=None,
             )

@@ -5,6 +5,7 @@ trajectory's notes) and whether to read on. Reading always stops at the last win
 `page_budget` windows, whatever the LLM says (the original could loop forever on its last page).
 """
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -124,17 +125,18 @@ async def chat_completion(
     """One user message to an OpenAI-compatible `/chat/completions`; returns the reply text."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     with transport_errors("reader LLM", timeout):
-        response = await client.post(
-            base_url.rstrip("/") + "/chat/completions",
-            json={
-                "model": model,
-                "messages": [{"role": "user", "content": prompt}],
-                "temperature": temperature,
-                "max_tokens": max_tokens,
-            },
-            headers=headers,
-            timeout=timeout,
-        )
+        async with asyncio.timeout(timeout):
+            response = await client.post(
+                base_url.rstrip("/") + "/chat/completions",
+                json={
+                    "model": model,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "temperature": temperature,
+                    "max_tokens": max_tokens,
+                },
+                headers=headers,
+                timeout=timeout,
+            )
     raise_for_status(response, "reader LLM")
     try:
         content = response.json()["choices"][0]["message"]["content"]
