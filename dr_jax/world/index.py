@@ -18,17 +18,22 @@ if TYPE_CHECKING:
 
 _BLOCK = re.compile(r"</?(?:h\d|p|li|ul|caption|tr|article)\b[^>]*>")
 _TAG = re.compile(r"<[^>]+>")
-_ARTICLE = re.compile(r"<article>(.*?)</article>", re.S)
 _INFOBOX = re.compile(r"<table.*?</table>", re.S)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _WORD = re.compile(r"\w\w+")
+TOKEN_PATTERN = r"\w\w+"  # bm25s' default without its \b anchors: same tokens, faster
+
+
+def _article(page_html: str) -> str:
+    """The <article> element's inner HTML without the infobox (the whole page if none)."""
+    start, end = page_html.find("<article>"), page_html.rfind("</article>")
+    body = page_html[start + len("<article>") : end] if 0 <= start < end else page_html
+    return _INFOBOX.sub(" ", body)
 
 
 def page_text(page_html: str) -> str:
     """Visible article text of a world page, one block per line: no nav, footer or infobox."""
-    match = _ARTICLE.search(page_html)
-    body = _INFOBOX.sub(" ", match.group(1) if match else page_html)
-    text = _TAG.sub("", _BLOCK.sub("\n", body))
+    text = _TAG.sub("", _BLOCK.sub("\n", _article(page_html)))
     lines = (" ".join(line.split()) for line in text.splitlines())
     return html.unescape("\n".join(line for line in lines if line))
 
@@ -61,7 +66,9 @@ def snippet(parts: list[tuple[str, frozenset[str]]], query: str, max_chars: int 
 def _query_words(query: str) -> list[str]:
     import bm25s
 
-    return bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
+    return bm25s.tokenize(
+        [query], token_pattern=TOKEN_PATTERN, stopwords="en", return_ids=False, show_progress=False
+    )[0]
 
 
 class SearchIndex:
@@ -78,7 +85,9 @@ class SearchIndex:
         self.paths = list(pages)
         self.titles = titles
         self._pages = pages
-        self._text = self._build([f"{titles[p]} {page_text(pages[p])}" for p in self.paths])
+        self._text = self._build(
+            [f"{titles[p]} {html.unescape(_TAG.sub(' ', _article(pages[p])))}" for p in self.paths]
+        )
         self._title = self._build([titles[p] for p in self.paths])
         self._lock = threading.Lock()
         self._head = functools.lru_cache(maxsize=4096)(self._head_sentences)
@@ -90,7 +99,9 @@ class SearchIndex:
     def _build(corpus: list[str]) -> tuple["bm25s.BM25", dict[str, int]]:
         import bm25s  # deferred: it imports jax (seconds), which page generation never needs
 
-        tokens = bm25s.tokenize(corpus, stopwords="en", show_progress=False)
+        tokens = bm25s.tokenize(
+            corpus, token_pattern=TOKEN_PATTERN, stopwords="en", show_progress=False
+        )
         bm25 = bm25s.BM25()
         bm25.index(tokens, show_progress=False)
         return bm25, tokens.vocab
