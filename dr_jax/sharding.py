@@ -168,25 +168,36 @@ def _is_axes(x: Any) -> bool:
 def param_shardings(
     params: Any, logical_axes: Any, mesh: Mesh, rules: Mapping[str, str | None] = DEFAULT_RULES
 ) -> Any:
-    """NamedSharding for every parameter, as a pytree shaped like `params`."""
-    return jax.tree.map(
-        lambda axes, p: NamedSharding(mesh, logical_to_spec(axes, np.shape(p), mesh, rules)),
-        logical_axes,
-        params,
-        is_leaf=_is_axes,
-    )
+    """NamedSharding for every parameter, in a pytree with the exact structure of `params`.
+
+    `logical_axes` holds one tuple of names per array leaf of `params`, in the same order
+    (e.g. `policy.logical_axes()` for an nnx.State of Params).
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    axes = jax.tree.leaves(logical_axes, is_leaf=_is_axes)
+    if len(axes) != len(leaves):
+        raise ValueError(f"{len(axes)} logical-axis tuples for {len(leaves)} parameter arrays")
+    specs = [
+        logical_to_spec(a, np.shape(x), mesh, rules) for a, x in zip(axes, leaves, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, [NamedSharding(mesh, spec) for spec in specs])
 
 
 def put_global(value: Any, sharding: NamedSharding) -> jax.Array:
-    """Place one array, identical on every process, as a global array with `sharding`."""
-    if isinstance(value, jax.Array) and jax.process_count() == 1:
+    """Place one array as a global array with `sharding`.
+
+    A host array (NumPy) must hold the same values on every process; a jax.Array is resharded.
+    """
+    if isinstance(value, jax.Array) and (
+        jax.process_count() == 1 or not value.is_fully_addressable
+    ):
         return jax.device_put(value, sharding)
     host = np.asarray(value)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def shard_tree(tree: Any, shardings: Any) -> Any:
-    """`put_global` over matching pytrees."""
+    """`put_global` over two pytrees of the same structure."""
     return jax.tree.map(put_global, tree, shardings)
 
 

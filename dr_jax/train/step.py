@@ -1,0 +1,317 @@
+"""The learner: a jitted, sharded GRPO/PPO update and the log-prob passes it needs.
+
+Per step: loss = policy_loss + kl_coef * KL(pi || pi_ref) - entropy_coef * H(pi), each term
+aggregated with `LossConfig.agg` (veRL subtracts the entropy, so it is a bonus). Gradients of
+micro-batches are accumulated exactly: every micro-batch divides its numerator by the *whole
+batch's* denominator (e.g. its number of trained tokens), so the sum of micro-batch gradients is
+the full-batch gradient, whatever the split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from dr_jax import losses
+from dr_jax.sharding import (
+    BATCH_AXES,
+    DEFAULT_RULES,
+    batch_divisor,
+    batch_sharding,
+    make_mesh,
+    param_shardings,
+    put_global,
+    replicated,
+    shard_tree,
+)
+from dr_jax.train.logprobs import sequence_logprobs
+from dr_jax.train.optim import OptimConfig, lr_schedule, make_optimizer
+from dr_jax.train.state import TrainState
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The GRPO objective; defaults are DeepResearcher's (veRL actor settings)."""
+
+    clip_low: float = 0.2  # PPO clip: ratio floor 1 - clip_low (for A < 0)
+    clip_high: float = 0.2  # PPO clip: ratio ceiling 1 + clip_high (for A > 0; DAPO uses 0.28)
+    clip_c: float | None = None  # dual-clip constant (> 1) bounding the loss for A < 0; None: off
+    kl_coef: float = 0.001  # weight of the KL-to-reference loss (0 disables; ref log-probs unused)
+    kl_kind: losses.KLKind = "k3"  # KL estimator: k1 | k2 | k3 | abs
+    kl_clamp: float | None = 10.0  # clamp of the per-token KL estimate
+    entropy_coef: float = 0.001  # weight of the entropy bonus (subtracted from the loss)
+    agg: losses.AggMode = "token-mean"  # how per-token terms become a scalar
+    agg_norm: float | None = None  # seq-mean-token-sum-norm: constant length (None: padded T)
+    temperature: float = 1.0  # sampling temperature the log-probs are computed at
+
+    def __post_init__(self) -> None:
+        if self.agg not in losses.AGG_MODES:
+            raise ValueError(f"agg={self.agg!r}: use one of {', '.join(losses.AGG_MODES)}")
+        if self.kl_kind not in losses.KL_KINDS:
+            raise ValueError(f"kl_kind={self.kl_kind!r}: use one of {', '.join(losses.KL_KINDS)}")
+        if self.clip_c is not None and self.clip_c <= 1.0:
+            raise ValueError(f"clip_c={self.clip_c} must be > 1 (or None to disable dual clip)")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 (the sampler's temperature)")
+
+
+class TrainBatch(NamedTuple):
+    """One optimizer step's trajectories, [B, T] arrays aligned to tokens (contracts.md)."""
+
+    tokens: Any  # i32[B, T], left padded
+    attention_mask: Any  # {0,1}[B, T]
+    loss_mask: Any  # {0,1}[B, T]: 1 on tokens the policy sampled
+    advantages: Any  # f32[B] per row, or f32[B, T] per token
+    old_logprobs: Any = None  # f32[B, T] of the sampling policy; None: on-policy (ratio = 1)
+    ref_logprobs: Any = None  # f32[B, T] of the frozen reference; needed when kl_coef > 0
+
+
+_METRIC_TERMS = ("clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl")
+
+
+def _pad_rows(x: Any, rows: int) -> Any:
+    if x.shape[0] == rows:
+        return x
+    pad = [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
+    return jnp.pad(x, pad) if isinstance(x, jax.Array) else np.pad(np.asarray(x), pad)
+
+
+class Learner:
+    """Owns the sharded, jitted computations of training; the loop owns data and state.
+
+    policy: a dr_jax.models Policy (its params are the initial and the reference parameters).
+    mesh: a ("data", "fsdp", "tp") mesh (default: every device on fsdp).
+    micro_batch_size: rows per forward/backward (a multiple of data*fsdp); None: whole batch.
+    logprob_chunk: positions unembedded at once; peak logits memory is [micro, chunk, V].
+    remat: recompute each decoder layer in the backward pass (None: keep the policy's choice).
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        optim: OptimConfig | None = None,
+        loss: LossConfig | None = None,
+        mesh: Mesh | None = None,
+        micro_batch_size: int | None = None,
+        logprob_chunk: int = 512,
+        remat: bool | None = None,
+        rules: Mapping[str, str | None] = DEFAULT_RULES,
+    ) -> None:
+        self.policy = policy if remat is None else policy.replace(remat=remat)
+        self.optim = optim or OptimConfig()
+        self.loss = loss or LossConfig()
+        self.mesh = mesh if mesh is not None else make_mesh()
+        self.logprob_chunk = logprob_chunk
+        self._divisor = batch_divisor(self.mesh)
+        if micro_batch_size is not None and (
+            micro_batch_size <= 0 or micro_batch_size % self._divisor
+        ):
+            raise ValueError(
+                f"micro_batch_size={micro_batch_size} must be a positive multiple of "
+                f"data*fsdp={self._divisor} (the mesh splits every micro-batch's rows)"
+            )
+        self.micro_batch_size = micro_batch_size
+        self.tx = make_optimizer(self.optim)
+        self._schedule = lr_schedule(self.optim)
+
+        self.param_shardings = param_shardings(
+            policy.params, self.policy.logical_axes(), self.mesh, rules
+        )
+        rep = replicated(self.mesh)
+        opt_shardings = optax.tree_map_params(
+            self.tx,
+            lambda _, sharding: sharding,
+            jax.eval_shape(self.tx.init, policy.params),
+            self.param_shardings,
+            transform_non_params=lambda _: rep,
+        )
+        self.state_shardings = TrainState(self.param_shardings, opt_shardings, rep, rep)
+        self._rows = batch_sharding(self.mesh)
+        self._reference: Any = None
+
+        self._init = jax.jit(
+            self._init_fn,
+            in_shardings=(self.param_shardings, rep),
+            out_shardings=self.state_shardings,
+        )
+        self._copy = jax.jit(
+            lambda p: jax.tree.map(jnp.copy, p),
+            in_shardings=(self.param_shardings,),
+            out_shardings=self.param_shardings,
+        )
+        self._logprobs = jax.jit(
+            self._logprobs_fn,
+            static_argnums=(3,),
+            in_shardings=(self.param_shardings, self._rows, self._rows),
+            out_shardings=self._rows,
+        )
+        self._step = jax.jit(
+            self._step_fn,
+            static_argnums=(2, 3),
+            in_shardings=(self.state_shardings, self._rows),
+            out_shardings=(self.state_shardings, rep),
+            donate_argnums=(0,),
+        )
+
+    # ---- public API ---------------------------------------------------------------------------
+
+    def init_state(self, seed: int = 0) -> TrainState:
+        """Step-0 state: a sharded copy of the policy's parameters, fresh AdamW moments."""
+        params = shard_tree(self.policy.params, self.param_shardings)
+        return self._init(params, np.asarray(jax.random.PRNGKey(seed)))
+
+    def reference_params(self) -> Any:
+        """The frozen reference: a sharded copy of the policy's initial parameters (cached)."""
+        if self._reference is None:
+            self._reference = self._copy(shard_tree(self.policy.params, self.param_shardings))
+        return self._reference
+
+    def logprobs(self, params: Any, tokens: Any, attention_mask: Any) -> jax.Array:
+        """f32[B, T]: entry t = log p(tokens[t] | tokens[<t]) at the loss temperature; entry 0 = 0.
+
+        Micro-batched and chunked over the sequence; rows are split over data x fsdp.
+        """
+        rows = tokens.shape[0]
+        padded, micro = self._layout(rows)
+        arrays = [put_global(_pad_rows(x, padded), self._rows) for x in (tokens, attention_mask)]
+        return self._logprobs(params, *arrays, padded // micro)[:rows]
+
+    def train_step(self, state: TrainState, batch: TrainBatch) -> tuple[TrainState, dict]:
+        """One optimizer update on `batch`; returns the new state (the old one is donated) and
+        scalar metrics (loss terms, clip fractions, grad_norm before clipping, lr, tokens)."""
+        if self.loss.kl_coef and batch.ref_logprobs is None:
+            raise ValueError(
+                "kl_coef > 0 needs batch.ref_logprobs (learner.logprobs(learner.reference_params(),"
+                " ...)); or set LossConfig(kl_coef=0)"
+            )
+        tokens = np.shape(batch.tokens)
+        padded, micro = self._layout(tokens[0])
+        advantages = batch.advantages
+        if np.ndim(advantages) == 1:
+            advantages = jnp.broadcast_to(jnp.asarray(advantages, jnp.float32)[:, None], tokens)
+        zeros = np.zeros(tokens, np.float32)
+        on_policy = batch.old_logprobs is None
+        arrays = {
+            "tokens": batch.tokens,
+            "attention_mask": batch.attention_mask,
+            "loss_mask": batch.loss_mask,
+            "advantages": advantages,
+            "old_logprobs": zeros if on_policy else batch.old_logprobs,
+            "ref_logprobs": zeros if batch.ref_logprobs is None else batch.ref_logprobs,
+        }
+        arrays = {k: put_global(_pad_rows(v, padded), self._rows) for k, v in arrays.items()}
+        return self._step(state, arrays, padded // micro, on_policy)
+
+    # ---- jitted bodies ------------------------------------------------------------------------
+
+    def _layout(self, rows: int) -> tuple[int, int]:
+        """(padded rows, micro-batch rows): rows are padded with untrained rows to fit."""
+        micro = self.micro_batch_size or -(-rows // self._divisor) * self._divisor
+        return -(-rows // micro) * micro, micro
+
+    def _init_fn(self, params: Any, rng: jax.Array) -> TrainState:
+        params = jax.tree.map(jnp.copy, params)  # never alias the policy's own buffers
+        return TrainState(params, self.tx.init(params), jnp.zeros((), jnp.int32), rng)
+
+    def _split(self, x: jax.Array, n_micro: int) -> jax.Array:
+        """[B, ...] -> [n_micro, B / n_micro, ...]; micro-batch k holds rows k, k + n_micro, ...
+
+        The stride keeps every micro-batch spread over all row shards (rows are laid out in
+        contiguous blocks per device), so no device idles while another computes.
+        """
+        x = x.reshape(x.shape[0] // n_micro, n_micro, *x.shape[1:]).swapaxes(0, 1)
+        spec = PartitionSpec(None, BATCH_AXES, *([None] * (x.ndim - 2)))
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+
+    def _merge(self, x: jax.Array) -> jax.Array:
+        return x.swapaxes(0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+    def _logprobs_fn(self, params, tokens, attention_mask, n_micro: int) -> jax.Array:
+        def one(xs):
+            logp, _ = sequence_logprobs(
+                self.policy,
+                params,
+                *xs,
+                chunk=self.logprob_chunk,
+                temperature=self.loss.temperature,
+            )
+            return logp
+
+        split = (self._split(tokens, n_micro), self._split(attention_mask, n_micro))
+        return self._merge(jax.lax.map(one, split))
+
+    def _micro_loss(self, params, mb: dict, denominator, tokens, on_policy: bool):
+        cfg = self.loss
+        logp, entropy = sequence_logprobs(
+            self.policy,
+            params,
+            mb["tokens"],
+            mb["attention_mask"],
+            chunk=self.logprob_chunk,
+            temperature=cfg.temperature,
+            with_entropy=cfg.entropy_coef != 0,
+        )
+        mask = mb["loss_mask"]
+        old = jax.lax.stop_gradient(logp) if on_policy else mb["old_logprobs"]
+        per_token, terms = losses.ppo_clip_terms(
+            logp,
+            old,
+            mb["advantages"],
+            clip_low=cfg.clip_low,
+            clip_high=cfg.clip_high,
+            clip_c=cfg.clip_c,
+        )
+
+        def numerator(values):
+            return losses.aggregate_parts(values, mask, cfg.agg, norm=cfg.agg_norm)[0]
+
+        pg = numerator(per_token) / denominator
+        kl = entropy_term = jnp.zeros(())
+        if cfg.kl_coef:
+            kl_tokens = losses.kl_penalty(logp, mb["ref_logprobs"], cfg.kl_kind, cfg.kl_clamp)
+            kl = numerator(kl_tokens) / denominator
+        if cfg.entropy_coef:
+            entropy_term = numerator(entropy) / denominator
+        loss = pg + cfg.kl_coef * kl - cfg.entropy_coef * entropy_term
+        metrics = {"loss": loss, "pg_loss": pg, "kl_loss": kl, "entropy": entropy_term}
+        mask = mask.astype(jnp.float32)
+        for name in _METRIC_TERMS:
+            metrics[name] = jnp.sum(terms[name] * mask) / tokens
+        return loss, metrics
+
+    def _step_fn(self, state: TrainState, batch: dict, n_micro: int, on_policy: bool):
+        cfg = self.loss
+        mask = batch["loss_mask"]
+        _, denominator = losses.aggregate_parts(mask, mask, cfg.agg, norm=cfg.agg_norm)
+        denominator = jnp.where(denominator > 0, denominator, 1.0)
+        tokens = jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1.0)
+        grad_fn = jax.value_and_grad(self._micro_loss, has_aux=True)
+
+        def accumulate(carry, mb):
+            grads, metrics = carry
+            (_, mb_metrics), mb_grads = grad_fn(state.params, mb, denominator, tokens, on_policy)
+            grads = jax.tree.map(jnp.add, grads, mb_grads)
+            return (grads, jax.tree.map(jnp.add, metrics, mb_metrics)), None
+
+        zero_grads = jax.lax.with_sharding_constraint(
+            jax.tree.map(jnp.zeros_like, state.params), self.param_shardings
+        )
+        names = ("loss", "pg_loss", "kl_loss", "entropy", *_METRIC_TERMS)
+        zero_metrics = {name: jnp.zeros((), jnp.float32) for name in names}
+        micro = {k: self._split(v, n_micro) for k, v in batch.items()}
+        (grads, metrics), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), micro)
+
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["lr"] = jnp.asarray(self._schedule(state.step), jnp.float32)
+        metrics["trained_tokens"] = jnp.sum(mask.astype(jnp.float32))
+        new_state = TrainState(params, opt_state, state.step + 1, state.rng)
+        return new_state, metrics
