@@ -324,13 +324,26 @@ def test_reader_that_never_says_stop_is_stopped_by_the_last_window(web):
     assert len(page["notes"]) == page["total_pages"]
 
 
-def test_whole_call_deadline_bounds_everything(web):
+def test_a_stuck_query_costs_only_its_own_result(web):
     text, seconds, metrics = _run(
-        _config(web, call_timeout=0.3, read_timeout=5, request_timeout=5),
-        ToolCall("browse_webpage", {"url_list": [web.url("/hang")]}),
+        _config(web, call_timeout=0.5, read_timeout=5, request_timeout=5),
+        ToolCall("web_search", {"query": ["stuck", "harbor"]}),
     )
-    assert json.loads(text) == {"error": "browse_webpage failed: timeout after 0.3 s"}
-    assert seconds < 1 and metrics["errors"] == {"call_timeout": 1}
+    stuck, ok = json.loads(text)
+    assert stuck == {"query": "stuck", "error": "search failed: no result within 0.45 s"}
+    assert ok["results"][0]["title"] == "Harbor"
+    assert seconds < 1 and metrics["errors"] == {"timeout": 1}
+
+
+def test_a_stuck_page_costs_only_its_own_result(web):
+    text, seconds, _ = _run(
+        _config(web, call_timeout=1.0, read_timeout=5, request_timeout=5),
+        ToolCall("browse_webpage", {"url_list": [web.url("/hang"), web.url("/page")]}),
+    )
+    stuck, ok = json.loads(text)
+    assert stuck["error"] == "browse failed: no result within 0.9 s"
+    assert "rebuilt in 1900" in ok["pages"][0]
+    assert seconds < 1.5
 
 
 @pytest.mark.parametrize(

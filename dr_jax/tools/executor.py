@@ -227,7 +227,8 @@ class ToolExecutor:
 
     async def _web_search(self, arguments: dict[str, Any], session: ToolSession) -> str:
         queries = _string_list(arguments, "query")[: self.config.max_queries]
-        results = await asyncio.gather(*(self.search(q) for q in queries))
+        deadline = self._unit_deadline()
+        results = await asyncio.gather(*(self._search_until(deadline, q) for q in queries))
         session.record_search([(r.query, [h.url for h in r.hits]) for r in results])
         return search_observation(results, self.config.observation_format)
 
@@ -237,8 +238,32 @@ class ToolExecutor:
         if self.config.browse_latest_search_only and compat:
             # The original silently ignored such URLs; JSON observations say why instead.
             urls = [u for u in urls if u in session.latest_search]
-        pages = await asyncio.gather(*(self._browse_one(url, session) for url in urls))
+        deadline = self._unit_deadline()
+        pages = await asyncio.gather(*(self._browse_until(deadline, u, session) for u in urls))
         return browse_observation(pages, self.config.observation_format)
+
+    def _unit_deadline(self) -> float:
+        """Each query or URL of a call must finish a little before the whole call does, so a
+        stuck one costs only its own result."""
+        return asyncio.get_running_loop().time() + 0.9 * self.config.call_timeout
+
+    def _late(self) -> str:
+        self._metrics.errors["timeout"] += 1
+        return f"no result within {0.9 * self.config.call_timeout:g} s"
+
+    async def _search_until(self, deadline: float, query: str) -> QueryResult:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self.search(query)
+        except TimeoutError:
+            return QueryResult(query, error=f"search failed: {self._late()}")
+
+    async def _browse_until(self, deadline: float, url: str, session: ToolSession) -> PageResult:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._browse_one(url, session)
+        except TimeoutError:
+            return PageResult(url, error=f"browse failed: {self._late()}")
 
     async def _browse_one(self, url: str, session: ToolSession) -> PageResult:
         cfg = self.config
