@@ -10,7 +10,8 @@ SERPER_URL = "https://google.serper.dev/search"
 
 @dataclass(frozen=True)
 class ToolsConfig:
-    """Everything `ToolExecutor` needs; every default works offline against the research world."""
+    """Everything `ToolExecutor` needs. The defaults use the offline research world once
+    `search_url` points at it (`dr_jax.runtime.start_world_tools` serves it and sets that)."""
 
     search_backend: Literal["world", "searxng", "serper", "local"] = "world"
     """world/searxng: SearXNG JSON at `search_url`; serper: Google via Serper; local: BM25 index."""
