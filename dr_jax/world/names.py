@@ -5,36 +5,13 @@ real person or place: no model can know facts about them from pre-training.
 """
 
 import random
+from collections.abc import Callable
 
-_ONSETS = tuple(
-    [
-        "b",
-        "br",
-        "c",
-        "d",
-        "dr",
-        "f",
-        "g",
-        "gr",
-        "h",
-        "k",
-        "l",
-        "m",
-        "n",
-        "p",
-        "r",
-        "s",
-        "sh",
-        "st",
-        "t",
-        "th",
-        "tr",
-        "v",
-        "w",
-        "z",
-    ]
-)
-_VOWELS = tuple(["a", "e", "i", "o", "u", "a", "e", "i", "o", "a", "e", "ai", "ei", "ou"])
+_ONSETS = (
+    "b", "br", "c", "d", "dr", "f", "g", "gr", "h", "k", "l", "m",
+    "n", "p", "r", "s", "sh", "st", "t", "th", "tr", "v", "w", "z",
+)  # fmt: skip
+_VOWELS = ("a", "e", "i", "o", "u", "a", "e", "i", "o", "a", "e", "ai", "ei", "ou")
 _CODAS = ("", "", "", "", "n", "r", "l", "s", "th", "nd", "rn", "m", "v", "x")
 _PLACE_SUFFIXES = ("ford", "holm", "mere", "vik", "stad", "wick", "dale", "burg", "port", "ton")
 
@@ -55,7 +32,8 @@ class NameGenerator:
         self._rng = rng
         self._used: set[str] = set()
 
-    def _unique(self, make) -> str:
+    def unique(self, make: Callable[[], str]) -> str:
+        """A name from the recipe `make` that was never returned before (redrawn until so)."""
         while True:
             name = make()
             if name not in self._used and 4 <= len(name) <= 40:
@@ -75,21 +53,17 @@ class NameGenerator:
 
     def person(self) -> str:
         rng = self._rng
-        return self._unique(lambda: f"{_word(rng, 2)} {_word(rng, rng.choice((2, 3)))}")
+        return self.unique(lambda: f"{_word(rng, 2)} {_word(rng, rng.choice((2, 3)))}")
 
     def place(self) -> str:
         rng = self._rng
-        return self._unique(
+        return self.unique(
             lambda: (
                 _word(rng, 2) + rng.choice(_PLACE_SUFFIXES)
                 if rng.random() < 0.5
                 else _word(rng, rng.choice((2, 3)))
             )
         )
-
-    def unique(self, make) -> str:
-        """A unique name from a caller-supplied recipe `make() -> str`."""
-        return self._unique(make)
 
 
 def near_duplicate(name: str, rng: random.Random, keep: frozenset[str] = frozenset()) -> str:

@@ -167,7 +167,7 @@ def describe(e: Entity, entities: list[Entity]) -> str:
     if e.kind == "city":
         return f"a city in {e.attrs['country']}"
     if e.kind == "organisation":
-        return f"a {e.attrs['industry']} company"
+        return article(f"{e.attrs['industry']} company")
     if e.kind == "work":
         return f"a {e.subtype}"
     return f"a recurring {e.subtype.lower()}"

@@ -24,6 +24,10 @@ class Read:
     value: str
 
 
+Plan = tuple[tuple[Read, ...], ...]  # rounds of reads; the reads of one round are independent
+Drawn = tuple[str, list[str], Plan]  # question text, gold aliases, plan
+
+
 @dataclass(frozen=True)
 class Question:
     """A question with gold aliases; `plan` lists the pages to read, round by round."""
@@ -35,7 +39,7 @@ class Question:
     split: str
     hops: int
     evidence: list[str]
-    plan: tuple[tuple[Read, ...], ...] = field(default=(), repr=False)
+    plan: Plan = field(default=(), repr=False)
 
 
 KIND_MIX = {  # data_source -> share of all questions
@@ -200,7 +204,7 @@ class QuestionFactory:
         return Read(e.path, e.name, fact, self.value(e, fact))
 
     # -- kinds ----------------------------------------------------------------------------
-    def bridge(self, hops: int) -> tuple[str, list[str], tuple[tuple[Read, ...], ...]] | None:
+    def bridge(self, hops: int) -> Drawn | None:
         """Walk hops-1 relations from a random start, then ask a fact of the last entity."""
         rng = self.rng
         path = [rng.choice(self.entities)]
@@ -225,7 +229,7 @@ class QuestionFactory:
         plan = tuple((self.read(e, f),) for e, f in zip(path, [*rels, fact], strict=True))
         return text, self.aliases(last, fact), plan
 
-    def compare_values(self) -> tuple[str, list[str], tuple[tuple[Read, ...], ...]] | None:
+    def compare_values(self) -> Drawn | None:
         rng = self.rng
         fact = rng.choice(sorted(COMPARE_VALUE))
         kind = ATTRIBUTES[fact]
@@ -239,7 +243,7 @@ class QuestionFactory:
         text = rng.choice(templates).format(a=self.mention(a), b=self.mention(b))
         return text, self.aliases(winner, fact), ((self.read(a, fact), self.read(b, fact)),)
 
-    def compare_names(self) -> tuple[str, list[str], tuple[tuple[Read, ...], ...]] | None:
+    def compare_names(self) -> Drawn | None:
         rng = self.rng
         target_kind = rng.choice(sorted(COMPARE_NAME))
         rels = sorted(r for r, (_, t) in RELATIONS.items() if t == target_kind)
