@@ -110,7 +110,7 @@ def test_pages_pass_through_the_browse_extractor_with_facts_intact(world):
             assert contains_words(text, format_value(key, value)), (e.name, key)
         for target in e.rels.values():
             assert contains_words(text, world.entities[target].name), e.name
-        assert "Privacy policy" not in text  # footer boilerplate is stripped
+        assert "Privacy policy" not in text and "Most read" not in text  # boilerplate stripped
 
 
 def test_events_are_news_reports_and_the_rest_encyclopedia_articles(world):
