@@ -421,7 +421,8 @@ async def evaluate(config: EvalConfig, world: World | None = None) -> dict:
     `dataset="world"` and the web of the "world" search backend. Returns the summary.
     """
     started = time.perf_counter()
-    if world is None and (config.dataset == WORLD or config.tools.search_backend == WORLD):
+    serves_world = config.tools.search_backend == WORLD and not config.tools.search_url
+    if world is None and (config.dataset == WORLD or serves_world or config.oracle):
         world = World.generate(seed=config.world_seed)
     examples = select_examples(config, world)
     out_dir = Path(config.out_dir)

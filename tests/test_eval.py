@@ -16,6 +16,7 @@ from dr_jax.config import PolicyConfig, SamplerConfig
 from dr_jax.eval import SAMPLES, EvalConfig, evaluate
 from dr_jax.judge import JudgeConfig
 from dr_jax.tools import ToolsConfig
+from dr_jax.tools.search import build_index
 from dr_jax.world import World
 
 TOOLS = ToolsConfig(extract_workers=0)  # extraction in a thread: no process pool per test
@@ -100,14 +101,31 @@ def test_a_tiny_random_policy_scores_honestly_near_zero(world, tmp_path):
         assert r["finish_reason"] in ("length", "format_error", "context_budget")
 
 
+@pytest.fixture
+def local_index(tmp_path) -> Path:
+    """A BM25 index over a three-page corpus (the local backend's start-up loads it)."""
+    corpus = tmp_path / "corpus.jsonl"
+    docs = [
+        {"id": "1", "title": "Rialto Bridge", "text": "The oldest bridge across the Grand Canal."},
+        {"id": "2", "title": "Popocatépetl", "text": "An active stratovolcano in Mexico."},
+        {"id": "3", "title": "Millicent", "text": "Duchess of Sutherland, born 1867."},
+    ]
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    build_index(corpus, tmp_path / "index")
+    return tmp_path / "index"
+
+
 @pytest.mark.slow
-def test_limit_20_on_the_deepresearcher_test_set_runs_on_the_world_backend(shared_dir, tmp_path):
-    """The world holds none of these answers: the point is that the real benchmark runs."""
+@pytest.mark.parametrize("backend", ["world", "local"])
+def test_limit_20_on_the_deepresearcher_test_set_runs(backend, shared_dir, local_index, tmp_path):
+    """Neither backend holds these answers: the point is that the real benchmark runs."""
+    tools = replace(TOOLS, search_backend=backend, local_index=str(local_index))
     config = tiny_policy_config(
-        tmp_path, dataset=str(shared_dir / "data/deepresearcher/test.parquet"), limit=20
+        tmp_path / "run", dataset=str(shared_dir / "data/deepresearcher/test.parquet"), limit=20
     )
-    config = replace(config, sampler=replace(config.sampler, temperature=1.0), seed=3)
+    config = replace(config, sampler=replace(config.sampler, temperature=1.0), seed=3, tools=tools)
     summary = asyncio.run(evaluate(config))
     assert summary["datasets"]["average"]["n"] == 20
-    assert {r["data_source"] for r in samples(tmp_path)} >= {"nq", "tq", "2wiki", "popqa"}
+    assert {r["data_source"] for r in samples(tmp_path / "run")} >= {"nq", "tq", "2wiki", "popqa"}
     assert summary["meta"]["decoding"] == "sampled" and summary["meta"]["temperature"] == 1.0
+    assert summary["meta"]["search_backend"] == backend
