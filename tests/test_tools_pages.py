@@ -102,3 +102,21 @@ def test_worker_processes_extract_exactly_what_the_inline_extractor_does(site):
     inline = _browse(site, names, extract_workers=0)
     assert in_pool == inline
     assert all("error" not in page for page in in_pool)
+
+
+def test_a_dead_extraction_worker_costs_one_page_and_is_replaced(site):
+    config = ToolsConfig(allow_hosts=("127.0.0.1",), extract_workers=1, memory_cache_entries=0)
+    call = ToolCall("browse_webpage", {"url_list": [f"{site.url}/blog.python.org.html"]})
+
+    async def scenario():
+        async with ToolExecutor(config, search=False) as tools:
+            for worker in tools._extractor._all:
+                worker.kill()
+                await worker.wait()
+            crashed = json.loads(await tools.execute(call, ToolSession("")))
+            recovered = json.loads(await tools.execute(call, ToolSession("")))
+            return crashed, recovered
+
+    (crashed,), (recovered,) = asyncio.run(scenario())
+    assert "extraction crashed" in crashed["error"]
+    assert PAGES["blog.python.org.html"][0] in recovered["pages"][0]

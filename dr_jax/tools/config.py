@@ -76,7 +76,7 @@ class ToolsConfig:
     per_host: int = 8
     """Page fetches in flight at once to one host."""
     extract_workers: int = 2
-    """Processes extracting HTML/PDF text (0: in a thread); scripts need a __main__ guard."""
+    """Worker processes extracting HTML/PDF text (0: extract in a thread of this process)."""
     user_agent: str = "dr_jax-tools/0.1 (+research agent)"
     """User-Agent header of page fetches."""
 

@@ -103,7 +103,7 @@ class ToolExecutor:
             if cfg.reader == "llm" and not cfg.replay:
                 await self._check_reader()
             self._extractor = Extractor(cfg.extract_workers)
-            await self._extractor.warm_up()
+            await self._extractor.start()
         except BaseException:
             await self.close()
             raise
@@ -138,7 +138,7 @@ class ToolExecutor:
             await self._clients.aclose()
             self._clients = None
         if self._extractor is not None:
-            await asyncio.to_thread(self._extractor.close)
+            await self._extractor.close()
             self._extractor = None
         if self._cache is not None:
             self._cache.close()

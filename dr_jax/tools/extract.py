@@ -5,10 +5,11 @@ the event loop that drives hundreds of trajectories never stalls.
 """
 
 import asyncio
+import contextlib
 import io
-import multiprocessing
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import os
+import pickle
+import sys
 from dataclasses import dataclass
 
 import lxml.html
@@ -112,37 +113,97 @@ def split_windows(text: str, window_chars: int) -> list[str]:
     return windows
 
 
+def _extract_reply(fetched: Fetched, text_format: str) -> tuple[bool, Document | ToolError]:
+    """(True, document) or (False, the ToolError to observe); never raises."""
+    try:
+        return True, extract_document(fetched, text_format)
+    except ToolError as e:
+        return False, e
+    except Exception as e:  # a parser bug on some page must not take the worker down
+        return False, ToolError("unreadable", f"{fetched.url}: extraction failed ({e!r})")
+
+
+def serve_stdio() -> None:
+    """Worker loop: 8-byte length + pickle of (Fetched, text_format) in on stdin, the same
+    framing of `_extract_reply` out on stdout. Pickle is safe here: both ends are ours."""
+    requests = sys.stdin.buffer
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # stray prints from libraries go to stderr, not into the replies
+    while header := requests.read(8):
+        fetched, text_format = pickle.loads(requests.read(int.from_bytes(header, "big")))
+        data = pickle.dumps(_extract_reply(fetched, text_format))
+        replies.write(len(data).to_bytes(8, "big") + data)
+        replies.flush()
+
+
 class Extractor:
-    """Runs `extract_document` in `workers` processes (0: in a thread of this process)."""
+    """Runs `extract_document` in `workers` child processes (0: in a thread of this process).
+
+    The workers are plain subprocesses spoken to over pipes by the event loop itself: no
+    helper threads contend for the GIL with the loop, nothing is forked from a parent that
+    may hold JAX threads, and no `__main__` guard is needed. A worker that dies or is
+    abandoned mid-page (its caller's deadline passed) is killed and replaced.
+    """
 
     def __init__(self, workers: int) -> None:
         self._workers = workers
-        self._pool = self._new_pool()
+        self._idle: asyncio.Queue[asyncio.subprocess.Process] = asyncio.Queue()
+        self._all: set[asyncio.subprocess.Process] = set()
+        self._spawning: set[asyncio.Task] = set()
 
-    def _new_pool(self) -> Executor:
-        if self._workers == 0:
-            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="dr_jax-extract")
-        # forkserver: workers are forked from a clean server process that imported this module
-        # once, so start-up is fast and a parent holding JAX/threads is never forked.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["dr_jax.tools.extract"])
-        return ProcessPoolExecutor(max_workers=self._workers, mp_context=context)
-
-    async def warm_up(self) -> None:
+    async def start(self) -> None:
         """Start the workers now, so the first page does not pay for process start-up."""
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(loop.run_in_executor(self._pool, split_windows, "", 1) for _ in range(self._workers))
+        await asyncio.gather(*(self._spawn() for _ in range(self._workers)))
+
+    async def _spawn(self) -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from dr_jax.tools.extract import serve_stdio; serve_stdio()",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
+        self._all.add(process)
+        self._idle.put_nowait(process)
+
+    def _replace(self, process: asyncio.subprocess.Process) -> None:
+        with contextlib.suppress(ProcessLookupError):  # it may be dead already
+            process.kill()
+        self._all.discard(process)
+        task = asyncio.create_task(self._spawn())
+        self._spawning.add(task)
+        task.add_done_callback(self._spawning.discard)
 
     async def extract(self, fetched: Fetched, text_format: str) -> Document:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._pool, extract_document, fetched, text_format)
-        except BrokenProcessPool:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
-            raise ToolError("extract", f"text extraction crashed on {fetched.url}") from None
+        if self._workers == 0:
+            ok, value = await asyncio.to_thread(_extract_reply, fetched, text_format)
+        else:
+            process = await self._idle.get()
+            finished = False
+            try:
+                payload = pickle.dumps((fetched, text_format))
+                process.stdin.write(len(payload).to_bytes(8, "big") + payload)
+                await process.stdin.drain()
+                size = int.from_bytes(await process.stdout.readexactly(8), "big")
+                ok, value = pickle.loads(await process.stdout.readexactly(size))
+                finished = True
+            except (ConnectionError, asyncio.IncompleteReadError):
+                raise ToolError("extract", f"text extraction crashed on {fetched.url}") from None
+            finally:
+                if finished:
+                    self._idle.put_nowait(process)
+                else:
+                    self._replace(process)
+        if not ok:
+            raise value
+        return value
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    async def close(self) -> None:
+        for task in list(self._spawning):
+            task.cancel()
+        await asyncio.gather(*self._spawning, return_exceptions=True)
+        for process in self._all:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        await asyncio.gather(*(process.wait() for process in self._all))
+        self._all.clear()
