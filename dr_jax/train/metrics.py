@@ -99,6 +99,29 @@ class MetricsWriter:
             self._bar.close()
 
 
+PEAK_FLOPS = {  # dense bf16 peak per chip, from the vendors' spec sheets
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+}
+
+
+def peak_flops_per_device(device: object) -> float | None:
+    """The device's dense bf16 peak FLOP/s, or None when unknown (CPU: no MFU is reported)."""
+    kind = str(getattr(device, "device_kind", ""))
+    for name, flops in PEAK_FLOPS.items():
+        if kind.startswith(name) or name in kind:
+            return flops
+    return None
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """All records of a metrics.jsonl (a torn last line from a kill is ignored)."""
     records = []

@@ -1,0 +1,215 @@
+"""Train-side configs: the GRPO loop, the supervised warm start, the data, and the run tree.
+
+`TrainConfig` is the one dataclass tree `launch/train.py` parses; its defaults are the embedded
+default (tiny policy, offline world, CPU, minutes). `deepresearcher_preset()` gives the paper's
+hyperparameters (reference §11.2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from dr_jax.config import PolicyConfig, SamplerConfig
+from dr_jax.tools import ToolsConfig
+from dr_jax.train.metrics import MetricsConfig
+from dr_jax.train.optim import OptimConfig
+from dr_jax.train.step import LossConfig
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """One GRPO step = questions x group rollouts -> rewards -> advantages -> updates."""
+
+    steps: int = 8
+    """Total GRPO steps of the run (a resumed run continues up to this number)."""
+    questions_per_step: int = 8
+    """Questions drawn from the train split per step (DeepResearcher: 256)."""
+    group_size: int = 4
+    """Rollouts per question; advantages are normalised within each group (DeepResearcher: 16)."""
+    mini_batches: int = 1
+    """Optimizer updates per epoch over the step's trajectories (DeepResearcher: 1)."""
+    epochs: int = 1
+    """Passes over the step's trajectories (DeepResearcher: 1)."""
+    norm_adv_by_std: bool = True
+    """GRPO: divide by the group's std (False gives Dr.GRPO's mean-only baseline)."""
+    tis_cap: float = 0.0
+    """Truncated importance sampling: scale token advantages by min(exp(old - sampler), cap).
+    Use it when rollout log-probs come from another engine (SGLang); 0 turns it off."""
+    micro_batch_size: int = 0
+    """Rows per forward/backward inside one update (gradients accumulated exactly); 0 = all."""
+    logprob_chunk: int = 0
+    """Tokens per chunk when computing log-probs over the vocabulary; 0 = the learner's default."""
+    pad_multiple: int = 128
+    """Training rows are padded to a multiple of this many tokens (fewer recompilations)."""
+    max_seq_len: int = 32768
+    """Training rows are cut to this many tokens (prompt + all turns)."""
+    validate_every: int = 4
+    """Validate on the dev split every this many steps and after the last; 0 = only at the end."""
+    validate_at_start: bool = True
+    """Validate before the first step, so the run shows where it started."""
+    val_questions: int = 32
+    """Dev questions per validation (the first ones of the dev split, same every time)."""
+    val_temperature: float = 1.0
+    """Validation sampling temperature (DeepResearcher validated at 1.0; 0 = greedy)."""
+    save_every: int = 1
+    """Checkpoint every this many steps (and after the last step)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept on disk (the oldest are deleted)."""
+    seed: int = 0
+    """Seeds data order, rollout sampling and initialisation; a resumed run replays it exactly."""
+
+    def __post_init__(self) -> None:
+        rows = self.questions_per_step * self.group_size
+        for name in ("steps", "questions_per_step", "group_size", "mini_batches", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--grpo.{name.replace('_', '-')} must be >= 1.")
+        if rows % self.mini_batches:
+            raise ValueError(
+                f"--grpo.mini-batches={self.mini_batches} must divide questions_per_step x "
+                f"group_size = {rows}."
+            )
+        if self.micro_batch_size and (rows // self.mini_batches) % self.micro_batch_size:
+            raise ValueError(
+                f"--grpo.micro-batch-size={self.micro_batch_size} must divide the mini-batch "
+                f"({rows // self.mini_batches} rows)."
+            )
+        if self.tis_cap < 0:
+            raise ValueError("--grpo.tis-cap must be >= 0 (0 turns truncated IS off).")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Optional supervised warm start on the world's oracle trajectories, before GRPO."""
+
+    steps: int = 0
+    """Optimizer steps of supervised fine-tuning (0 = no warm start)."""
+    batch_size: int = 8
+    """Oracle trajectories per step."""
+    lr: float = 1e-3
+    """Learning rate (AdamW, constant after a short warm-up)."""
+    warmup_steps: int = 10
+    """Linear learning-rate warm-up steps."""
+    num_traces: int = 256
+    """Oracle trajectories built from the train split (cycled over the steps)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where questions come from."""
+
+    source: str = "world"
+    """"world": the offline research world's train/dev splits; else a directory with
+    train.parquet / dev.parquet (DeepResearcher schema) or a single file for training."""
+    world_seed: int = 0
+    """Seed of the generated world (source="world")."""
+    world_size: str = "default"
+    """World size preset or number of entities (source="world")."""
+    data_sources: tuple[str, ...] = ()
+    """Keep only these data sources (e.g. world_1hop, or nq hotpotqa); empty keeps all."""
+    dev_source: str = ""
+    """Validation questions file; empty = the dev split of `source`."""
+    shuffle: bool = True
+    """Shuffle the training questions each epoch (seeded by --grpo.seed)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run. The defaults are the embedded default: a tiny random Qwen2-shaped
+    policy with the real tokenizer, warm-started on oracle traces, then GRPO against the offline
+    world served on loopback, sampled in-process, on CPU, in minutes."""
+
+    run_dir: str = "runs/default"
+    """Checkpoints, metrics.jsonl, TensorBoard files and sample dumps; an existing run resumes."""
+    mesh: str = "auto"
+    """Device mesh: "auto" (all devices on fsdp), FSDPxTP "4x4", "2x2x2", "fsdp=4,tp=4", ..."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    sampler: SamplerConfig = field(
+        default_factory=lambda: SamplerConfig(
+            max_new_tokens=64, max_batch_size=32, max_seq_len=2048
+        )
+    )
+    tools: ToolsConfig = field(
+        default_factory=lambda: ToolsConfig(
+            top_k=3, max_queries=1, window_chars=1200, page_budget=1, extract_workers=0
+        )
+    )
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4))
+    loss: LossConfig = field(default_factory=LossConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=60))
+    data: DataConfig = field(default_factory=lambda: DataConfig(data_sources=("world_1hop",)))
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    max_turns: int = 4
+    """Model turns per trajectory (DeepResearcher: 10)."""
+    weights_dir: str = ""
+    """SGLang weight sync: where HF safetensors are written each step (default <run_dir>/weights;
+    /dev/shm is fastest). Must be readable by the server."""
+    sync_timeout: float = 600.0
+    """Seconds to wait for a lost SGLang server to come back before giving up."""
+
+    def __post_init__(self) -> None:
+        if self.max_turns < 1:
+            raise ValueError(f"--max-turns must be >= 1, got {self.max_turns}.")
+        sampled_at = self.sampler.temperature
+        if sampled_at and abs(self.loss.temperature - sampled_at) > 1e-6:
+            raise ValueError(
+                f"--loss.temperature {self.loss.temperature} must equal --sampler.temperature "
+                f"{sampled_at}: the learner scores tokens at the sampling temperature."
+            )
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint directory is tied to: resuming with a different value is refused
+        (step counts, validation and logging may change between resumptions)."""
+        return {
+            "policy": dataclasses.asdict(self.policy),
+            "optim": dataclasses.asdict(self.optim),
+            "loss": dataclasses.asdict(self.loss),
+            "sft": dataclasses.asdict(self.sft),
+            "data": dataclasses.asdict(self.data),
+            "grpo": {
+                k: getattr(self.grpo, k)
+                for k in ("questions_per_step", "group_size", "mini_batches", "epochs", "seed")
+            },
+            "sampler": [self.sampler.kind, self.sampler.temperature, self.sampler.max_new_tokens],
+            "max_turns": self.max_turns,
+        }
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+READER_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
+"""The original reading agent's endpoint (Alibaba DashScope, OpenAI-compatible, qwen-plus)."""
+
+
+def deepresearcher_preset(**overrides: Any) -> TrainConfig:
+    """The paper's run (reference §11.2): Qwen2.5-7B-Instruct, 256 questions x 16 rollouts,
+    one AdamW update per step at lr 1e-6, clip 0.2, k3 KL 0.001, entropy 0.001, T = 1.0,
+    10 turns of at most 2000 tokens, Serper search (key in $SERPER_API_KEY) and an LLM reading
+    agent ($DR_JAX_READER_URL / $DR_JAX_READER_MODEL, default DashScope qwen-plus with the key
+    in $DASHSCOPE_API_KEY), validation on the dev set and a checkpoint every step."""
+    config = TrainConfig(
+        run_dir="runs/deepresearcher",
+        policy=PolicyConfig(path="Qwen/Qwen2.5-7B-Instruct", dtype="bfloat16"),
+        sampler=SamplerConfig(max_new_tokens=2000, max_batch_size=256, max_seq_len=32768),
+        tools=ToolsConfig.deepresearcher(
+            reader_url=os.environ.get("DR_JAX_READER_URL", READER_URL),
+            reader_model=os.environ.get("DR_JAX_READER_MODEL", "qwen-plus"),
+            reader_key_env="DASHSCOPE_API_KEY",
+        ),
+        optim=OptimConfig(lr=1e-6, weight_decay=0.01, max_grad_norm=1.0),
+        loss=LossConfig(clip_low=0.2, clip_high=0.2, kl_coef=0.001, kl_kind="k3",
+                        entropy_coef=0.001, agg="token-mean"),
+        grpo=GRPOConfig(
+            steps=312, questions_per_step=256, group_size=16, mini_batches=1, epochs=1,
+            micro_batch_size=16, logprob_chunk=1024, pad_multiple=512, max_seq_len=32768,
+            validate_every=1, validate_at_start=False, val_questions=875, save_every=1,
+        ),
+        sft=SFTConfig(steps=0),
+        data=DataConfig(source="data", data_sources=()),
+        max_turns=10,
+    )  # fmt: skip
+    return config.replace(**overrides)

@@ -1,0 +1,299 @@
+"""The GRPO loop: questions -> group rollouts -> rewards -> advantages -> updates -> sync.
+
+One step (DeepResearcher §12):
+  1. draw `questions_per_step` questions; the agent samples `group_size` trajectories each;
+  2. reward r = deepresearcher_score(response text, gold aliases)  (-1 on a format error, else F1);
+  3. A_i = (r_i - mean_g r) / (std_g r + 1e-6) within each question's group;
+  4. old log-probs (of the policy about to be updated) and reference log-probs (of the frozen
+     start policy, only when the loss has a KL term) on the exact sampled tokens;
+  5. `epochs` x `mini_batches` optimizer updates (DeepResearcher: 1 x 1, i.e. on-policy);
+  6. the new weights go to the sampler; a checkpoint and a validation follow on schedule.
+Rollout log-probs from another engine can be corrected per token with truncated importance
+sampling: A_t <- A * min(exp(old_t - sampler_t), cap).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jax
+import numpy as np
+
+from dr_jax import losses
+from dr_jax.reward import deepresearcher_score
+from dr_jax.rollout import JaxSampler, rollout_metrics
+from dr_jax.rollout.sglang import SGLangError
+from dr_jax.train.batching import PaddedSequences, minibatch_indices, pad_trajectories
+from dr_jax.train.config import GRPOConfig
+from dr_jax.train.metrics import MetricsWriter, peak_flops_per_device
+from dr_jax.train.step import TrainBatch
+
+WeightSync = Callable[[Any, int], Awaitable[None]]
+"""`await sync(params, step)`: the sampler samples from `params` afterwards."""
+
+SYNC_ATTEMPTS = 3
+
+
+def score_trajectories(trajectories: Sequence, answers: Sequence[Sequence[str]]) -> np.ndarray:
+    """f32[N] rewards of whole multi-turn responses (generation prefix + every turn and
+    observation, special tokens kept: what DeepResearcher scored); trajectory i answers
+    question `group_id`."""
+    return np.array(
+        [deepresearcher_score(t.text, list(answers[t.group_id])) for t in trajectories],
+        np.float32,
+    )
+
+
+def reward_metrics(rewards: np.ndarray, prefix: str) -> dict[str, float]:
+    """Mean reward, F1 (a format error counts 0) and the rate of format errors (reward -1)."""
+    return {
+        f"{prefix}/reward": float(rewards.mean()),
+        f"{prefix}/f1": float(np.maximum(rewards, 0.0).mean()),
+        f"{prefix}/format_error_rate": float((rewards <= -1.0).mean()),
+    }
+
+
+def truncated_is_weights(
+    old_logprobs: np.ndarray, sampler_logprobs: np.ndarray, loss_mask: np.ndarray, cap: float
+) -> np.ndarray:
+    """w[B, T] = min(exp(old - sampler), cap) on sampled tokens, 1 elsewhere (a constant: no
+    gradient flows through it)."""
+    log_ratio = np.clip(old_logprobs - sampler_logprobs, -20.0, 20.0)
+    return np.where(loss_mask > 0, np.minimum(np.exp(log_ratio), cap), 1.0).astype(np.float32)
+
+
+def logprob_gap(old: np.ndarray, sampler: np.ndarray, loss_mask: np.ndarray) -> float:
+    """Mean |learner - sampler| log-prob over sampled tokens (0 when both engines agree)."""
+    return float(np.sum(np.abs(old - sampler) * loss_mask) / max(float(loss_mask.sum()), 1.0))
+
+
+def sample_dump(trajectories: Sequence, rewards: np.ndarray, k: int) -> list[dict[str, Any]]:
+    """The first k trajectories as text (prompt excluded), with their reward."""
+    return [
+        {
+            "question": t.question,
+            "reward": round(float(r), 3),
+            "turns": t.num_turns,
+            "finish": t.finish_reason,
+            "text": t.text,
+        }
+        for t, r in zip(trajectories[:k], rewards[:k], strict=True)
+    ]
+
+
+async def validate(agent: Any, examples: Sequence[Any], seed: int) -> dict[str, float]:
+    """val/* metrics of one trajectory per example, sampled with a fixed seed (so two
+    validations differ by their weights, not by their sampling noise)."""
+    if not examples:
+        return {}
+    start = time.perf_counter()
+    trajectories = await agent.rollout(
+        [e.question for e in examples], n_samples=1, seed=rollout_seed(seed, -1)
+    )
+    rewards = score_trajectories(trajectories, [e.answers for e in examples])
+    record = reward_metrics(rewards, "val")
+    record.update(rollout_metrics(trajectories, prefix="val/"))
+    record["time/validate"] = time.perf_counter() - start
+    return record
+
+
+def weight_sync(sampler: Any, policy: Any, weights_dir: Path, *, timeout: float) -> WeightSync:
+    """How new parameters reach the sampler. The in-process JAX sampler samples from the
+    learner's own arrays (no copy). SGLang: bf16 safetensors in `weights_dir`, then
+    /update_weights_from_disk; a server that went away is waited for (up to `timeout` s) and
+    the push retried."""
+    if isinstance(sampler, JaxSampler):
+
+        async def share(params: Any, step: int) -> None:
+            sampler.update_params(params)
+
+        return share
+
+    async def push(params: Any, step: int) -> None:
+        for attempt in range(SYNC_ATTEMPTS):
+            try:
+                await sampler.sync_weights(policy.replace(params=params), weights_dir, step)
+                return
+            except (httpx.HTTPError, SGLangError):
+                if attempt == SYNC_ATTEMPTS - 1:
+                    raise
+                await sampler.wait_healthy(timeout=timeout)
+
+    return push
+
+
+def rollout_seed(base: int, step: int) -> int:
+    """A distinct, reproducible rollout seed per step (validation uses step -1)."""
+    return (base * 1_000_003 + step) % (2**31 - 1)
+
+
+class GRPOLoop:
+    """Runs GRPO steps over a live learner, agents and data stream; sets nothing up itself."""
+
+    def __init__(
+        self,
+        config: GRPOConfig,
+        *,
+        learner: Any,
+        agent: Any,
+        val_agent: Any,
+        train_data: Any,
+        dev_examples: Sequence[Any],
+        checkpointer: Any,
+        metrics: MetricsWriter,
+        sync: WeightSync,
+        ref_params: Any | None,
+        pad_id: int,
+        samples_per_step: int = 2,
+        before_rollout: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.config = config
+        self.learner = learner
+        self.agent = agent
+        self.val_agent = val_agent
+        self.train_data = train_data
+        self.dev_examples = list(dev_examples)[: config.val_questions]
+        self.checkpointer = checkpointer
+        self.metrics = metrics
+        self.sync = sync
+        self.ref_params = ref_params
+        self.pad_id = pad_id
+        self.samples_per_step = samples_per_step
+        self.before_rollout = before_rollout
+        self.last_record: dict[str, Any] = {}
+
+    async def run(self, state: Any, start_step: int = 0) -> Any:
+        """Steps start_step+1 .. config.steps, with validations and checkpoints on schedule."""
+        cfg = self.config
+        if start_step == 0 and cfg.validate_at_start:
+            self.last_record = await self.validate()
+            self.metrics.log(0, self.last_record)
+        for step in range(start_step + 1, cfg.steps + 1):
+            state, record = await self.step(state, step)
+            last = step == cfg.steps
+            if last or step % cfg.save_every == 0:
+                with _phase(record, "time/checkpoint"):
+                    self.checkpointer.save(
+                        state, extra={"grpo_step": step, "data": self.train_data.state_dict()}
+                    )
+            if last or (cfg.validate_every and step % cfg.validate_every == 0):
+                record.update(await self.validate())
+            self.metrics.log(step, record)
+            self.metrics.advance()
+            self.last_record = record
+        return state
+
+    async def validate(self) -> dict[str, float]:
+        return await validate(self.val_agent, self.dev_examples, self.config.seed)
+
+    async def step(self, state: Any, step: int) -> tuple[Any, dict[str, Any]]:
+        """One GRPO step; returns the new state and the step's metrics record."""
+        cfg = self.config
+        seconds: dict[str, float] = {}
+        examples = self.train_data.next_batch()
+        if self.before_rollout is not None:
+            await self.before_rollout()
+        with _phase(seconds, "rollout"):
+            trajectories = await self.agent.rollout(
+                [e.question for e in examples],
+                n_samples=cfg.group_size,
+                seed=rollout_seed(cfg.seed, step),
+            )
+        rewards = score_trajectories(trajectories, [e.answers for e in examples])
+        group_ids = np.array([t.group_id for t in trajectories], np.int32)
+        advantages = np.asarray(
+            losses.grpo_advantages(rewards, group_ids, norm_by_std=cfg.norm_adv_by_std)
+        )
+        seqs = pad_trajectories(
+            trajectories, pad_id=self.pad_id, multiple=cfg.pad_multiple, max_len=cfg.max_seq_len
+        )
+        with _phase(seconds, "logprobs"):
+            old = self._logprobs(state.params, seqs)
+            ref = None if self.ref_params is None else self._logprobs(self.ref_params, seqs)
+        token_adv = np.broadcast_to(advantages[:, None], seqs.tokens.shape).astype(np.float32)
+        if cfg.tis_cap > 0:
+            token_adv = token_adv * truncated_is_weights(
+                old, seqs.sampler_logprobs, seqs.loss_mask, cfg.tis_cap
+            )
+        with _phase(seconds, "update"):
+            state, update_metrics = self._update(state, step, seqs, token_adv, old, ref)
+        with _phase(seconds, "sync"):
+            await self.sync(state.params, step)
+
+        record: dict[str, Any] = reward_metrics(rewards, "train")
+        record.update(rollout_metrics(trajectories, prefix="train/"))
+        record.update(update_metrics)
+        record["train/logprob_gap"] = logprob_gap(old, seqs.sampler_logprobs, seqs.loss_mask)
+        record["train/advantage_abs"] = float(np.abs(advantages).mean())
+        record.update(self._throughput(state.params, seqs, seconds))
+        record.update({f"time/{k}": v for k, v in seconds.items()})
+        record["data/question_ids"] = [e.id for e in examples]
+        if self.samples_per_step:
+            self.metrics.dump_samples(
+                step, sample_dump(trajectories, rewards, self.samples_per_step)
+            )
+        return state, record
+
+    def _logprobs(self, params: Any, seqs: PaddedSequences) -> np.ndarray:
+        return np.asarray(self.learner.logprobs(params, seqs.tokens, seqs.attention_mask))
+
+    def _update(
+        self,
+        state: Any,
+        step: int,
+        seqs: PaddedSequences,
+        token_adv: np.ndarray,
+        old: np.ndarray,
+        ref: np.ndarray | None,
+    ) -> tuple[Any, dict[str, float]]:
+        """epochs x mini_batches optimizer updates; their metrics averaged."""
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, step]) if cfg.mini_batches > 1 else None
+        collected: list[dict[str, float]] = []
+        for _ in range(cfg.epochs):
+            for rows in minibatch_indices(seqs.num_rows, cfg.mini_batches, rng):
+                part = seqs.take(rows)
+                batch = TrainBatch(
+                    tokens=part.tokens,
+                    attention_mask=part.attention_mask,
+                    loss_mask=part.loss_mask,
+                    advantages=token_adv[rows],
+                    old_logprobs=old[rows],
+                    ref_logprobs=None if ref is None else ref[rows],
+                )
+                state, m = self.learner.train_step(state, batch)
+                collected.append({k: float(v) for k, v in jax.device_get(m).items()})
+        return state, {f"loss/{k}": float(np.mean([m[k] for m in collected])) for k in collected[0]}
+
+    def _throughput(self, params: Any, seqs: PaddedSequences, seconds: dict[str, float]) -> dict:
+        """Tokens/s of rollout and learner, and the learner's model-FLOPs utilisation (6N per
+        token per trained epoch, 2N per token of each log-prob pass) when the peak is known."""
+        num_params = sum(x.size for x in jax.tree.leaves(params))
+        real_tokens = float(seqs.attention_mask.sum())
+        passes = 1 + (self.ref_params is not None)
+        flops = num_params * real_tokens * (6 * self.config.epochs + 2 * passes)
+        learner_s = max(seconds["logprobs"] + seconds["update"], 1e-9)
+        sampled = float(seqs.loss_mask.sum())
+        out = {
+            "perf/sampled_tokens_per_s": sampled / max(seconds["rollout"], 1e-9),
+            "perf/learner_tokens_per_s": real_tokens * (self.config.epochs + passes) / learner_s,
+        }
+        peak = peak_flops_per_device(jax.devices()[0])
+        if peak:
+            out["perf/mfu"] = flops / learner_s / (peak * jax.device_count())
+        return out
+
+
+@contextmanager
+def _phase(seconds: dict[str, Any], name: str) -> Iterator[None]:
+    """Adds the block's wall-clock seconds to seconds[name]."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start

@@ -1,0 +1,250 @@
+"""A training run from one `TrainConfig`: assemble, warm-start or resume, run GRPO.
+
+Everything a run writes lives in `run_dir`: `checkpoints/` (Orbax, tied to the config's
+fingerprint), `warm_start/` (the supervised policy as an HF directory; it is also the KL
+reference), `metrics.jsonl` + `tb/` + `samples/` for GRPO, and `sft/` for the warm start.
+Running the same command again resumes from the latest checkpoint with the same data position
+and RNG: no question is repeated or skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from dr_jax.data import DataIterator, QAExample, examples_from_questions, load_dataset
+from dr_jax.models import Policy, load_pretrained, save_pretrained
+from dr_jax.rollout import Agent, AgentConfig, SGLangSampler
+from dr_jax.rollout.prompts import default_prompt
+from dr_jax.runtime import (
+    build_policy,
+    build_sampler,
+    build_tokenizer,
+    sampling_params,
+    start_world_tools,
+)
+from dr_jax.sharding import make_mesh, maybe_initialize_distributed
+from dr_jax.train.checkpoint import Checkpointer
+from dr_jax.train.config import DataConfig, TrainConfig
+from dr_jax.train.grpo import GRPOLoop, validate, weight_sync
+from dr_jax.train.metrics import MetricsConfig, MetricsWriter
+from dr_jax.train.optim import OptimConfig
+from dr_jax.train.sft import demonstration_ids, sft_batches, solve_questions, supervised_finetune
+from dr_jax.train.step import Learner, LossConfig
+from dr_jax.world import World
+
+WORLD = "world"
+TODAY = "2025-04-01"
+"""The date the system prompt states in training and validation (fixed, so runs reproduce)."""
+
+
+def load_questions(config: DataConfig, world: World | None) -> tuple[list[QAExample], list]:
+    """(train, dev) examples: the world's splits, or DeepResearcher-schema files."""
+    sources = config.data_sources or None
+    if config.source == WORLD:
+        assert world is not None
+        train = examples_from_questions(world_questions(world, "train", sources))
+        dev = examples_from_questions(world_questions(world, "dev", sources))
+    else:
+        path = Path(config.source)
+        train = load_dataset(path, split="train" if path.is_dir() else None, data_sources=sources)
+        dev = []
+    if config.dev_source or config.source != WORLD:
+        dev_path = Path(config.dev_source or config.source)
+        dev = load_dataset(dev_path, split="dev" if dev_path.is_dir() else None)
+    return train, dev
+
+
+def world_questions(world: World, split: str, sources: tuple[str, ...] | None) -> list:
+    """The world's questions of one split, of the given data sources only (None: all)."""
+    questions = world.split(split)
+    if sources is None:
+        return questions
+    kept = [q for q in questions if q.data_source in sources]
+    if not kept:
+        present = sorted({q.data_source for q in questions})
+        raise ValueError(f"--data.data-sources {list(sources)} matches none of {present}")
+    return kept
+
+
+def make_learner(config: TrainConfig, policy: Policy, mesh: Any, **overrides: Any) -> Learner:
+    g = config.grpo
+    return Learner(
+        policy,
+        optim=overrides.get("optim", config.optim),
+        loss=overrides.get("loss", config.loss),
+        mesh=mesh,
+        micro_batch_size=g.micro_batch_size or None,
+        logprob_chunk=g.logprob_chunk or 512,
+    )
+
+
+async def warm_start(
+    config: TrainConfig,
+    policy: Policy,
+    mesh: Any,
+    tokenizer: Any,
+    tools: Any,
+    world: World,
+    log: Any,
+) -> Policy:
+    """Supervised fine-tuning on oracle demonstrations of train questions; returns the tuned
+    policy and leaves it in <run_dir>/warm_start (renamed into place when complete)."""
+    cfg, run_dir = config.sft, Path(config.run_dir)
+    questions = world_questions(world, "train", config.data.data_sources or None)
+    demos = await solve_questions(
+        questions[: cfg.num_traces], tools, tools.config.search_url, config.max_turns
+    )
+    if not demos:
+        raise RuntimeError("the oracle solved none of the warm-start questions: check the tools")
+    template = default_prompt()
+    rows = [
+        demonstration_ids(d, template, tokenizer, today=TODAY, end_of_turn="<|im_end|>")
+        for d in demos
+    ]
+    learner = make_learner(
+        config,
+        policy,
+        mesh,
+        optim=OptimConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=0.0),
+        loss=LossConfig(kl_coef=0.0, entropy_coef=0.0, temperature=config.loss.temperature),
+    )
+    started = time.perf_counter()
+    batches = sft_batches(
+        rows,
+        cfg,
+        pad_id=pad_id(tokenizer),
+        multiple=config.grpo.pad_multiple,
+        max_len=config.grpo.max_seq_len,
+        seed=config.grpo.seed,
+    )
+    state = supervised_finetune(learner, learner.init_state(config.grpo.seed), batches, log=log)
+    log(cfg.steps, {"sft/demonstrations": len(rows), "time/sft": time.perf_counter() - started})
+    tuned = policy.replace(params=state.params)
+    tmp = run_dir / "warm_start.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_pretrained(tuned.replace(params=jax.device_get(state.params)), tmp)
+    tmp.rename(run_dir / "warm_start")
+    return tuned
+
+
+def pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def build_agents(config: TrainConfig, sampler: Any, tokenizer: Any, tools: Any) -> tuple:
+    """(training agent, validation agent): same limits, validation at its own temperature."""
+    sampling = sampling_params(config.sampler)
+    agent_config = AgentConfig(
+        max_turns=config.max_turns,
+        max_context_tokens=config.sampler.max_seq_len,
+        sampling=sampling,
+        today=TODAY,
+    )
+    val_config = dataclasses.replace(
+        agent_config,
+        sampling=dataclasses.replace(sampling, temperature=config.grpo.val_temperature),
+    )
+    return (
+        Agent(sampler, tokenizer, tools, agent_config),
+        Agent(sampler, tokenizer, tools, val_config),
+    )
+
+
+async def train(config: TrainConfig) -> dict[str, Any]:
+    """Runs (or resumes) the whole training; returns the last metrics record."""
+    maybe_initialize_distributed()
+    mesh = make_mesh(config.mesh)
+    run_dir = Path(config.run_dir)
+    g = config.grpo
+    checkpointer = Checkpointer(
+        run_dir / "checkpoints", keep=g.keep_checkpoints, fingerprint=config.fingerprint()
+    )
+    resuming = checkpointer.latest_step() is not None
+    needs_world = config.data.source == WORLD or config.tools.search_backend == WORLD
+    world = None
+    if needs_world:
+        world = World.generate(config.data.world_seed, _size(config.data.world_size))
+    train_examples, dev_examples = load_questions(config.data, world)
+    dev_examples = dev_examples[: g.val_questions]
+    tokenizer = build_tokenizer(config.policy)
+
+    async with start_world_tools(config.tools, world=world) as tools:
+        policy = build_policy(config.policy, mesh)
+        sampler = build_sampler(config.sampler, policy, tokenizer)
+        sync = weight_sync(
+            sampler,
+            policy,
+            Path(config.weights_dir) if config.weights_dir else run_dir / "weights",
+            timeout=config.sync_timeout,
+        )
+        agent, val_agent = build_agents(config, sampler, tokenizer, tools)
+        warm_dir = run_dir / "warm_start"
+        if warm_dir.is_dir():
+            policy = load_pretrained(warm_dir, dtype=jnp.dtype(config.policy.dtype), mesh=mesh)
+        elif config.sft.steps and not resuming:
+            if world is None:
+                raise ValueError("--sft.steps > 0 needs the offline world (--data.source world)")
+            sft_log = MetricsWriter(
+                run_dir / "sft", MetricsConfig(progress_bar=False), total_steps=config.sft.steps
+            )
+            if g.validate_at_start:
+                await sync(policy.params, 0)
+                sft_log.log(0, await validate(val_agent, dev_examples, g.seed))
+            policy = await warm_start(config, policy, mesh, tokenizer, tools, world, sft_log.log)
+            sft_log.close()
+
+        learner = make_learner(config, policy, mesh)
+        state = learner.init_state(g.seed)
+        data = DataIterator(train_examples, g.questions_per_step, g.seed, config.data.shuffle)
+        start = 0
+        if resuming:
+            state, extra = checkpointer.restore(state)
+            data.load_state_dict(extra["data"])
+            start = int(extra["grpo_step"])
+        await sync(state.params, start)
+
+        metrics = MetricsWriter(run_dir, config.metrics, total_steps=g.steps, start_step=start)
+        loop = GRPOLoop(
+            g,
+            learner=learner,
+            agent=agent,
+            val_agent=val_agent,
+            train_data=data,
+            dev_examples=dev_examples,
+            checkpointer=checkpointer,
+            metrics=metrics,
+            sync=sync,
+            ref_params=learner.reference_params() if config.loss.kl_coef else None,
+            pad_id=pad_id(tokenizer),
+            samples_per_step=config.metrics.samples_per_step,
+            before_rollout=_health_wait(sampler, config.sync_timeout),
+        )
+        try:
+            await loop.run(state, start)
+        finally:
+            checkpointer.wait()
+            checkpointer.close()
+            metrics.close()
+    return loop.last_record
+
+
+def _health_wait(sampler: Any, timeout: float) -> Any:
+    """SGLang: wait for a lost server to come back before each rollout (JAX: nothing)."""
+    if not isinstance(sampler, SGLangSampler):
+        return None
+
+    async def wait() -> None:
+        await sampler.wait_healthy(timeout=timeout)
+
+    return wait
+
+
+def _size(size: str) -> str | int:
+    return int(size) if size.isdigit() else size

@@ -1,0 +1,46 @@
+"""Train a deep-research policy with GRPO.
+
+    python launch/train.py                      # embedded default: tiny policy, offline world, CPU
+    python launch/train.py --grpo.steps 20      # any field of TrainConfig (see --help)
+    python launch/train.py --preset deepresearcher --policy.path Qwen/Qwen2.5-7B-Instruct-dir \\
+        --data.source data/ --tools.reader-url URL --tools.reader-model qwen-plus --mesh 4x4
+
+Running the same command again resumes from the run directory's latest checkpoint.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+
+import tyro
+
+from dr_jax.train.config import TrainConfig, deepresearcher_preset
+from dr_jax.train.run import train
+
+PRESETS = {"default": TrainConfig, "deepresearcher": deepresearcher_preset}
+
+
+def parse(argv: list[str]) -> TrainConfig:
+    """`--preset NAME` picks the defaults; every other flag overrides a field of them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    known, rest = pre.parse_known_args(argv)
+    return tyro.cli(
+        TrainConfig,
+        default=PRESETS[known.preset](),
+        args=rest,
+        description=f"{__doc__.splitlines()[0]} Preset: {known.preset} (--preset NAME).",
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config = parse(sys.argv[1:] if argv is None else argv)
+    record = asyncio.run(train(config))
+    summary = {k: v for k, v in record.items() if isinstance(v, int | float)}
+    print(json.dumps(summary, indent=1, sort_keys=True))
+    return record
+
+
+if __name__ == "__main__":
+    main()
