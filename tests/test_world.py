@@ -123,6 +123,17 @@ def test_events_are_news_reports_and_the_rest_encyclopedia_articles(world):
             assert e.path.startswith("/wiki/") and 'class="infobox"' in page
 
 
+def test_pages_name_the_entities_that_point_at_them(world):
+    named = 0
+    for e in world.entities:
+        if e.kind == "work":
+            creator = world.entities[e.rels["creator"]]
+            text = page_text(world.pages[creator.path])
+            named += contains_words(text, e.name)
+            assert contains_words(text, e.name) or text.count("Works by") == 1
+    assert named >= 0.5 * sum(e.kind == "work" for e in world.entities)
+
+
 def test_long_pages_state_their_deferred_fact_only_beyond_the_first_8000_chars(world):
     long_pages = [e for e in world.entities if e.long]
     assert len(long_pages) >= 0.05 * len(world.entities)

@@ -8,7 +8,7 @@ prose, beyond the first reading window of the browse tool.
 
 import html
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dr_jax.world.generator import Entity
 from dr_jax.world.names import filler_word
@@ -178,6 +178,11 @@ def article(noun: str) -> str:
     return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
+def _listing(items: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def _link(e: Entity) -> str:
     return f'<a href="{e.path}">{html.escape(e.name)}</a>'
 
@@ -202,11 +207,56 @@ def _filler(rng: random.Random, words: list[str], chars: int) -> list[str]:
     return paragraphs
 
 
-def render_page(e: Entity, entities: list[Entity], seed: int, lookalikes: list[int]) -> str:
+# (relation, the target's section heading, sentence): the target page names its sources
+BACKLINKS = {
+    "person": (("creator", "Works", "Works by {s} include {v}."),
+               ("founder", "Enterprises", "{s} founded {v}.")),
+    "city": (("headquarters", "Economy", "Companies based in {s} include {v}."),
+             ("location", "Events", "{s} has hosted {v}.")),
+}  # fmt: skip
+MAX_BACKLINKS = 3
+
+
+@dataclass(frozen=True)
+class Links:
+    """What other pages say about an entity: near-duplicates and entities pointing at it."""
+
+    lookalikes: tuple[int, ...] = ()
+    backlinks: dict[str, tuple[int, ...]] = field(default_factory=dict)  # relation -> sources
+
+
+def link_index(entities: list[Entity]) -> dict[int, Links]:
+    """Links of every entity, from one pass over the relations (at most MAX_BACKLINKS each)."""
+    lookalikes: dict[int, list[int]] = {}
+    backlinks: dict[int, dict[str, list[int]]] = {}
+    for e in entities:
+        if e.twin is not None:
+            lookalikes.setdefault(e.twin, []).append(e.id)
+            lookalikes.setdefault(e.id, []).append(e.twin)
+        for rel, target in e.rels.items():
+            sources = backlinks.setdefault(target, {}).setdefault(rel, [])
+            if len(sources) < MAX_BACKLINKS:
+                sources.append(e.id)
+    return {
+        e.id: Links(
+            tuple(lookalikes.get(e.id, ())),
+            {rel: tuple(ids) for rel, ids in backlinks.get(e.id, {}).items()},
+        )
+        for e in entities
+    }
+
+
+def render_pages(entities: list[Entity], seed: int) -> dict[str, str]:
+    """Path -> HTML of every entity's page."""
+    links = link_index(entities)
+    return {e.path: render_page(e, entities, seed, links[e.id]) for e in entities}
+
+
+def render_page(e: Entity, entities: list[Entity], seed: int, links: Links) -> str:
     """Full HTML document for one entity; deterministic in (seed, entity).
 
-    Events are news reports, everything else encyclopedia articles. `lookalikes` are the ids
-    of the entity's near-duplicates, named in a "not to be confused" hatnote.
+    Events are news reports, everything else encyclopedia articles. Near-duplicates are named
+    in a "not to be confused" hatnote; entities that point here are named in prose.
     """
     rng = random.Random(f"dr_jax.world:{seed}:page:{e.id}")
     sentences = fact_sentences(e)
@@ -223,6 +273,10 @@ def render_page(e: Entity, entities: list[Entity], seed: int, lookalikes: list[i
         (heading, " ".join(say(f) for f in facts if f != e.deferred))
         for heading, facts in SECTIONS[e.kind]
     ]
+    for rel, heading, sentence in BACKLINKS.get(e.kind, ()):
+        if sources := links.backlinks.get(rel):
+            named = _listing([_link(entities[i]) for i in sources])
+            sections.append((heading, sentence.format(s=subject, v=named)))
     filler: list[tuple[str, list[str]]] = []
     if e.long:
         words = [filler_word(rng) for _ in range(12)]
@@ -238,7 +292,7 @@ def render_page(e: Entity, entities: list[Entity], seed: int, lookalikes: list[i
         filler=filler,
         deferred=say(e.deferred) if e.long else "",
         infobox=[(INFOBOX_LABELS[k], values[k]) for k in (*e.attrs, *e.rels) if k != e.deferred],
-        hatnote=" or ".join(_link(entities[t]) for t in lookalikes),
+        hatnote=" or ".join(_link(entities[t]) for t in links.lookalikes),
         related=[_link(entities[t]) for t in dict.fromkeys(e.rels.values())],
     )
     return _news(page, rng) if e.kind == "event" else _encyclopedia(page)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dr_jax.world.generator import Entity, WorldSpec, generate_entities
 from dr_jax.world.index import SearchIndex
-from dr_jax.world.pages import SITE, render_page
+from dr_jax.world.pages import SITE, render_pages
 from dr_jax.world.questions import Question, generate_questions
 
 SIZES = {"tiny": 120, "default": 600}
@@ -42,12 +42,7 @@ class World:
         """
         spec = _spec(seed, size)
         entities = generate_entities(spec)
-        lookalikes: dict[int, list[int]] = {}
-        for e in entities:
-            if e.twin is not None:
-                lookalikes.setdefault(e.twin, []).append(e.id)
-                lookalikes.setdefault(e.id, []).append(e.twin)
-        pages = {e.path: render_page(e, entities, seed, lookalikes.get(e.id, [])) for e in entities}
+        pages = render_pages(entities, seed)
         total = min(2 * spec.entities, 20_000)
         questions = generate_questions(entities, seed, total, held_out=min(100, total // 12))
         return cls(seed=seed, entities=entities, pages=pages, questions=questions)
