@@ -14,7 +14,7 @@ from dr_jax.tools.fetch import Fetched
 from dr_jax.world import Question, World, WorldServer
 from dr_jax.world.index import page_text
 from dr_jax.world.oracle import search_query
-from dr_jax.world.pages import format_value
+from dr_jax.world.pages import MAX_BACKLINKS, format_value
 from dr_jax.world.questions import contains_words
 
 
@@ -124,14 +124,13 @@ def test_events_are_news_reports_and_the_rest_encyclopedia_articles(world):
 
 
 def test_pages_name_the_entities_that_point_at_them(world):
-    named = 0
+    works_by: dict[int, list[str]] = {}
     for e in world.entities:
         if e.kind == "work":
-            creator = world.entities[e.rels["creator"]]
-            text = page_text(world.pages[creator.path])
-            named += contains_words(text, e.name)
-            assert contains_words(text, e.name) or text.count("Works by") == 1
-    assert named >= 0.5 * sum(e.kind == "work" for e in world.entities)
+            works_by.setdefault(e.rels["creator"], []).append(e.name)
+    for person, works in works_by.items():
+        text = page_text(world.pages[world.entities[person].path])
+        assert all(contains_words(text, w) for w in works[:MAX_BACKLINKS]), text
 
 
 def test_long_pages_state_their_deferred_fact_only_beyond_the_first_8000_chars(world):
