@@ -2,8 +2,6 @@
 
 from collections import Counter, deque
 
-import numpy as np
-
 
 class ToolMetrics:
     """Calls per tool, failures by kind, retries, requests made (not served by the cache or
@@ -25,8 +23,9 @@ class ToolMetrics:
     def snapshot(self) -> dict:
         latency = {}
         for tool, values in self._latency.items():
-            p50, p90, p99 = np.percentile(np.asarray(values), [50, 90, 99])
-            latency[tool] = {"p50": p50, "p90": p90, "p99": p99, "max": max(values)}
+            ordered = sorted(values)
+            latency[tool] = {f"p{p}": _nearest_rank(ordered, p) for p in (50, 90, 99)}
+            latency[tool]["max"] = ordered[-1]
         return {
             "calls": dict(self.calls),
             "errors": dict(self.errors),
@@ -40,3 +39,8 @@ class ToolMetrics:
                 for tool, stats in latency.items()
             },
         }
+
+
+def _nearest_rank(ordered: list[float], percent: int) -> float:
+    """The percentile of sorted values by the nearest-rank rule: ordered[ceil(p n / 100) - 1]."""
+    return ordered[max(0, -(-percent * len(ordered) // 100) - 1)]
