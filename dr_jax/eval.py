@@ -152,9 +152,20 @@ def make_record(
     example: QAExample,
     text: str,
     verdict: Verdict | None,
-    **counts: Any,
+    *,
+    turns: int,
+    tool_calls: int,
+    tokens: int | None = None,
+    context_tokens: int | None = None,
+    time_s: float | None = None,
+    finish_reason: str = "",
 ) -> SampleRecord:
+    """Score `text` (a whole trajectory) against the example's gold answers."""
     f1, em = last_turn_scores(text, example.answers)
+    detail = {}
+    if verdict is not None and verdict.source in ("judge", "unjudged"):
+        detail = {"attempts": verdict.attempts, "rationale": verdict.rationale}
+        detail["error"] = verdict.error
     return SampleRecord(
         id=example.id,
         data_source=example.data_source,
@@ -166,10 +177,13 @@ def make_record(
         em=em,
         judge=None if verdict is None else verdict.score,
         judge_source=None if verdict is None else verdict.source,
-        judge_detail={}
-        if verdict is None or verdict.source not in ("judge", "unjudged")
-        else {"attempts": verdict.attempts, "rationale": verdict.rationale, "error": verdict.error},
-        **counts,
+        turns=turns,
+        tool_calls=tool_calls,
+        tokens=tokens,
+        context_tokens=context_tokens,
+        time_s=time_s,
+        finish_reason=finish_reason,
+        judge_detail=detail,
     )
 
 
@@ -430,9 +444,8 @@ async def evaluate(config: EvalConfig, world: World | None = None) -> dict:
     check_resumable(out_dir, config)
     samples_path = out_dir / SAMPLES
     done = read_records(samples_path)
-    todo = [e for e in examples if e.id not in done]
-    if todo:
-        await _run(config, world, todo, done, samples_path, total=len(examples))
+    if any(e.id not in done for e in examples):
+        await _run(config, world, examples, done, samples_path)
     records = [done[e.id] for e in examples]
     return write_summary(out_dir, records, run_meta(config, time.perf_counter() - started))
 
@@ -440,12 +453,12 @@ async def evaluate(config: EvalConfig, world: World | None = None) -> dict:
 async def _run(
     config: EvalConfig,
     world: World | None,
-    todo: list[QAExample],
+    examples: list[QAExample],
     done: dict[str, dict[str, Any]],
     samples_path: Path,
-    total: int,
 ) -> None:
-    """Roll out `todo` in batches, appending each batch's records to samples.jsonl."""
+    """Roll out the examples not `done` in batches, appending each batch to samples.jsonl."""
+    todo = [e for e in examples if e.id not in done]
     template = default_prompt()
     tokenizer = build_tokenizer(config.policy)
     async with contextlib.AsyncExitStack() as stack:
@@ -468,8 +481,9 @@ async def _run(
             sampling=sampling_params(config.sampler),
         )
         agent = Agent(sampler, tokenizer, tools, config=agent_config, template=template)
-        progress = stack.enter_context(tqdm(total=total, initial=total - len(todo), unit="q"))
-        f1_sum = sum(r["f1"] for r in done.values())
+        finished = len(examples) - len(todo)
+        progress = stack.enter_context(tqdm(total=len(examples), initial=finished, unit="q"))
+        f1_sum = sum(done[e.id]["f1"] for e in examples if e.id in done)
         for start in range(0, len(todo), config.batch_size):
             batch = todo[start : start + config.batch_size]
             records = await _evaluate_batch(agent, tokenizer, judge, batch, config.seed + start)
@@ -571,10 +585,6 @@ async def score_results(config: ScoreConfig) -> dict:
             verdict,
             turns=text.count(ASSISTANT_TURN),
             tool_calls=text.count(TOOL_RESPONSE),
-            tokens=None,
-            context_tokens=None,
-            time_s=None,
-            finish_reason="",
         )
         for example, text, verdict in zip(examples, texts, verdicts, strict=True)
     ]
