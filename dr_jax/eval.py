@@ -80,6 +80,8 @@ class EvalConfig:
     """Sampling seed (ignored when greedy)."""
     world_seed: int = 0
     """Seed of the offline world (its questions and, for --tools.search-backend world, its web)."""
+    world_size: str = "default"
+    """Offline world size: "tiny", "default" or a number of entities (as in training)."""
     batch_size: int = 16
     """Questions rolled out together (and written to samples.jsonl together)."""
     oracle: bool = False
@@ -97,7 +99,7 @@ class EvalConfig:
         return {
             "dataset": self.dataset,
             "split": self.split,
-            "world_seed": self.world_seed,
+            "world": [self.world_seed, self.world_size],
             "policy": "oracle" if self.oracle else asdict(self.policy),
             "sampler": [sampler.kind, sampler.temperature, sampler.top_p, sampler.top_k],
             "max_new_tokens": sampler.max_new_tokens,
@@ -402,7 +404,8 @@ def check_resumable(out_dir: Path, config: EvalConfig) -> None:
 def run_meta(config: EvalConfig, seconds: float) -> dict[str, Any]:
     """Settings a reader needs next to the numbers: what was evaluated, and how."""
     sampler = config.sampler
-    dataset = f"world(seed={config.world_seed})" if config.dataset == WORLD else config.dataset
+    world = f"world(seed={config.world_seed}, size={config.world_size})"
+    dataset = world if config.dataset == WORLD else config.dataset
     decoding = "greedy" if sampler.greedy else "sampled"
     return {
         "dataset": dataset,
@@ -437,7 +440,8 @@ async def evaluate(config: EvalConfig, world: World | None = None) -> dict:
     started = time.perf_counter()
     serves_world = config.tools.search_backend == WORLD and not config.tools.search_url
     if world is None and (config.dataset == WORLD or serves_world or config.oracle):
-        world = World.generate(seed=config.world_seed)
+        size = int(config.world_size) if config.world_size.isdigit() else config.world_size
+        world = World.generate(seed=config.world_seed, size=size)
     examples = select_examples(config, world)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ whether the prediction means the same as one of the gold aliases, and reports th
 This judge talks to any OpenAI-compatible `/v1/chat/completions` endpoint with the project's
 own prompt. Unlike the original, which re-asked forever on any unusable reply, it makes at
 most `max_attempts` calls (exponential backoff) and then records the sample as unjudged.
+The prediction is shown as written (the original showed it lower-cased, punctuation blanked).
 """
 
 import asyncio
