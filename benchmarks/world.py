@@ -18,13 +18,18 @@ _CHILD = """
 import json, resource, sys, time
 import bm25s  # imported before timing: the build is measured, not the imports
 from dr_jax.world import World
+from dr_jax.world.oracle import search_query
 size = sys.argv[1] if not sys.argv[1].isdigit() else int(sys.argv[1])
 t0 = time.perf_counter()
 world = World.generate(seed=0, size=size)
 t1 = time.perf_counter()
 world.index
 t2 = time.perf_counter()
-print(json.dumps({"size": sys.argv[1], "pages": len(world.pages), "questions": len(world.questions),
+reads = [r for q in world.questions[:300] for rnd in q.plan for r in rnd]
+hits = sum(r.path in [h["url"] for h in world.index.search(search_query(r))] for r in reads)
+t3 = time.perf_counter()
+print(json.dumps({"recall10": hits / len(reads), "query_ms": 1000 * (t3 - t2) / len(reads),
+    "size": sys.argv[1], "pages": len(world.pages), "questions": len(world.questions),
     "generate_s": t1 - t0, "index_s": t2 - t1, "build_s": t2 - t0,
     "page_mb": sum(map(len, world.pages.values())) / 1e6,
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -67,11 +72,13 @@ def main() -> None:
 
     rows = [build("default"), build(args.large)]
     print(f"{'world':>10} {'pages':>8} {'questions':>9} {'generate s':>10} {'index s':>8} "
-          f"{'build s':>8} {'HTML MB':>8} {'peak RSS MB':>11}")  # fmt: skip
+          f"{'build s':>8} {'HTML MB':>8} {'peak RSS MB':>11} {'recall@10':>9} "
+          f"{'query ms':>8}")  # fmt: skip
     for r in rows:
         print(f"{r['size']:>10} {r['pages']:>8} {r['questions']:>9} {r['generate_s']:>10.2f} "
               f"{r['index_s']:>8.2f} {r['build_s']:>8.2f} {r['page_mb']:>8.1f} "
-              f"{r['peak_rss_mb']:>11.0f}")  # fmt: skip
+              f"{r['peak_rss_mb']:>11.0f} {r['recall10']:>9.4f} {r['query_ms']:>8.1f}")  # fmt: skip
+    print("recall@10: the oracle's queries for the first 300 questions find the page they need")
     setup = (
         f"seed 0, {os.cpu_count()} cores, generate + BM25 index (imports excluded); "
         f"default world {rows[0]['pages']} pages; "
