@@ -20,19 +20,23 @@ colocated with the learner reads its sharded params on its mesh directly.
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import itertools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dr_jax.models import KVCache, Policy
 from dr_jax.rollout.sampler import SampleResult, SamplingParams
+from dr_jax.sharding import BATCH_AXES, batch_divisor
 
 MAX_STOP_IDS = 8  # stop ids per row on device (eos ids + the request's own)
 
@@ -187,7 +191,14 @@ def _bucket(n: int, floor: int) -> int:
 
 
 class JaxSampler:
-    """`Sampler` running the policy in this process; see the module doc."""
+    """`Sampler` running the policy in this process; see the module doc.
+
+    With `mesh`, the KV cache and per-row state are split by rows over the mesh's batch axes
+    and the params stay as the learner placed them. On several processes (a pod), each process
+    owns `max_batch_size / process_count` slots and serves its own agent loop; every process
+    must sample inside `async with sampler.lockstep():` so that all of them enter each prefill
+    and decode call together (bucket sizes are agreed by an all-gather per chunk).
+    """
 
     def __init__(
         self,
@@ -201,11 +212,19 @@ class JaxSampler:
         min_prefill_bucket: int = 64,
         tokenizer: Any = None,
         seed: int = 0,
+        mesh: Mesh | None = None,
     ) -> None:
         if max_batch_size < 1 or max_seq_len < 2 or decode_chunk < 1:
             raise ValueError("max_batch_size >= 1, max_seq_len >= 2 and decode_chunk >= 1 needed")
         if prefill_chunk & (prefill_chunk - 1) or min_prefill_bucket & (min_prefill_bucket - 1):
             raise ValueError("prefill_chunk and min_prefill_bucket must be powers of two")
+        self.shards = 1 if mesh is None else batch_divisor(mesh)
+        processes = 1 if mesh is None else jax.process_count()
+        if max_batch_size % max(self.shards, processes):
+            raise ValueError(
+                f"max_batch_size {max_batch_size} must be a multiple of the mesh's row shards "
+                f"({self.shards}) and of the process count ({processes})"
+            )
         self.policy = policy
         self.params = policy.params
         self.eos_token_ids = tuple(eos_token_ids)
@@ -215,18 +234,80 @@ class JaxSampler:
         self.prefill_chunk = prefill_chunk
         self.min_bucket = min_prefill_bucket
         self.tokenizer = tokenizer
+        self.mesh = mesh
+        self.multiprocess = processes > 1
+        self._owned = self._owned_rows(max_batch_size)  # global ids of this process's slots
+        local = len(self._owned)
         self._seeds = itertools.count(seed << 20)
-        self._cache = policy.init_cache(max_batch_size, max_seq_len)
-        self._slots = Slots.empty(max_batch_size)
-        self._rows: list[_Request | None] = [None] * max_batch_size
+        self._cache = self._empty_cache()
+        self._slots = Slots.empty(local)
+        self._rows: list[_Request | None] = [None] * local
         self._waiting: deque[_Request] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._leaving = False
         self.stats = {"prefill_calls": 0, "decode_calls": 0, "decode_steps": 0, "tokens": 0}
 
     def update_params(self, params: Any) -> None:
         """Samples with `params` from the next chunk on (the learner's arrays, not a copy)."""
         self.params = params
+
+    # ------------------------------------------------------------------ rows across devices
+
+    def _row_sharding(self, ndim: int, axis: int = 0) -> NamedSharding:
+        spec = [None] * ndim
+        spec[axis] = BATCH_AXES
+        return NamedSharding(self.mesh, PartitionSpec(*spec))
+
+    def _owned_rows(self, size: int) -> list[int]:
+        """Global indices of an axis of `size` (split over the batch axes) held here, in order."""
+        if not self.multiprocess:
+            return list(range(size))
+        held = self._row_sharding(1).addressable_devices_indices_map((size,)).values()
+        return sorted({i for index in held for i in range(size)[index[0]]})
+
+    def _empty_cache(self) -> KVCache:
+        if self.mesh is None:
+            return self.policy.init_cache(self.batch, self.max_len)
+        kv_heads = self.policy.config.num_kv_heads
+        tp = "tp" if kv_heads % self.mesh.shape.get("tp", 1) == 0 else None
+        kv = NamedSharding(self.mesh, PartitionSpec(None, BATCH_AXES, None, tp, None))
+        shardings = KVCache(kv, kv, self._row_sharding(1))
+        init = functools.partial(self.policy.init_cache, self.batch, self.max_len)
+        return jax.jit(init, out_shardings=shardings)()
+
+    def _to_global(self, local: np.ndarray, axis: int = 0) -> Any:
+        """This process's rows (on `axis`) -> one global array split by rows over the mesh."""
+        if not self.multiprocess:
+            return local
+        owned = self._owned_rows(local.shape[axis] * jax.process_count())
+        position = {g: i for i, g in enumerate(owned)}
+        shape = list(local.shape)
+        shape[axis] *= jax.process_count()
+
+        def block(index):
+            rows = [position[g] for g in range(shape[axis])[index[axis]]]
+            return np.take(local, rows, axis=axis)
+
+        return jax.make_array_from_callback(
+            tuple(shape), self._row_sharding(local.ndim, axis), block
+        )
+
+    def _to_local(self, array: Any, axis: int = 0) -> np.ndarray:
+        """The rows (on `axis`) of a global array that this process owns, as NumPy."""
+        if not self.multiprocess:
+            return np.array(array)
+        owned = self._owned_rows(array.shape[axis])
+        position = {g: i for i, g in enumerate(owned)}
+        shape = list(array.shape)
+        shape[axis] = len(owned)
+        out = np.empty(shape, array.dtype)
+        for shard in array.addressable_shards:
+            rows = range(array.shape[axis])[shard.index[axis]]
+            target = [slice(None)] * array.ndim
+            target[axis] = [position[g] for g in rows]
+            out[tuple(target)] = np.asarray(shard.data)
+        return out
 
     # ---------------------------------------------------------------------- the public API
 
@@ -234,7 +315,14 @@ class JaxSampler:
         self, prompts: Sequence[Sequence[int]], params: SamplingParams
     ) -> list[SampleResult]:
         """Queues the prompts (row i seeded with params.seed + i) and awaits their results."""
-        self._ensure_running()
+        if self.multiprocess:
+            if self._task is None or self._task.done():
+                raise RuntimeError(
+                    "a JaxSampler on several processes samples in lockstep: wrap every "
+                    "process's rollout in `async with sampler.lockstep():`"
+                )
+        else:
+            self._ensure_running()
         loop = asyncio.get_running_loop()
         stop_ids = tuple(dict.fromkeys((*self.eos_token_ids, *params.stop_token_ids)))
         if len(stop_ids) > MAX_STOP_IDS:
@@ -260,6 +348,18 @@ class JaxSampler:
         self._wake.set()
         return list(await asyncio.gather(*futures))
 
+    @contextlib.asynccontextmanager
+    async def lockstep(self) -> AsyncIterator["JaxSampler"]:
+        """Serve in lockstep with the other processes until every one of them has left."""
+        self._leaving = False
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._serve_lockstep())
+        try:
+            yield self
+        finally:
+            self._leaving = True
+            await self._task
+
     def _ensure_running(self) -> None:
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
@@ -276,16 +376,42 @@ class JaxSampler:
             try:
                 admitted = self._admit()
                 if admitted:
-                    await self._run_prefill(admitted)
+                    longest = max(len(self._rows[row].prompt) for row in admitted)
+                    await self._run_prefill(
+                        admitted, _bucket(len(admitted), 1), _bucket(longest, self.min_bucket)
+                    )
                 if any(self._rows):
                     await self._run_decode()
+            except Exception as err:
+                self._fail_all(err)
+
+    async def _serve_lockstep(self) -> None:
+        """The multi-process scheduler: every process runs the same calls each round; the
+        prefill buckets and whether to decode are agreed by an all-gather."""
+        while True:
+            admitted = self._admit()
+            longest = max((len(self._rows[row].prompt) for row in admitted), default=0)
+            mine = np.array([len(admitted), longest, any(self._rows), self._leaving], np.int32)
+            everyone = await asyncio.to_thread(multihost_utils.process_allgather, mine)
+            counts, lengths, busy, leaving = np.asarray(everyone).reshape(-1, 4).T
+            if leaving.all() and not counts.any() and not busy.any():
+                return
+            try:
+                if counts.any():
+                    b = max(_bucket(int(counts.max()), 1), self.shards // jax.process_count(), 1)
+                    n = _bucket(int(lengths.max()), self.min_bucket)
+                    await self._run_prefill(admitted, b, n)
+                if counts.any() or busy.any():
+                    await self._run_decode()
+                else:
+                    await asyncio.sleep(0.005)
             except Exception as err:
                 self._fail_all(err)
 
     def _admit(self) -> list[int]:
         """Moves waiting requests into free rows and writes their sampling state."""
         s, admitted = self._slots, []
-        for row in range(self.batch):
+        for row in range(len(self._rows)):
             if not self._waiting:
                 break
             if self._rows[row] is not None:
@@ -304,34 +430,34 @@ class JaxSampler:
             admitted.append(row)
         return admitted
 
-    async def _run_prefill(self, admitted: list[int]) -> None:
-        prompts = [self._rows[row].prompt for row in admitted]
-        longest = max(map(len, prompts))
-        n = _bucket(longest, self.min_bucket)
+    async def _run_prefill(self, admitted: list[int], b: int, n: int) -> None:
+        """Prefills this process's `admitted` rows as `b` bucketed entries of width `n`."""
         chunk = min(n, self.prefill_chunk)
-        b = _bucket(len(admitted), 1)
-        rows = np.full(b, self.batch, np.int32)
-        rows[: len(admitted)] = admitted
+        rows = np.full(b, self.batch, np.int32)  # out of range: dropped
         tokens = np.zeros((b, n), np.int32)
         lengths = np.zeros(b, np.int32)
-        for i, prompt in enumerate(prompts):
-            tokens[i, : len(prompt)] = prompt
-            lengths[i] = len(prompt)
+        for i, row in enumerate(admitted):
+            prompt = self._rows[row].prompt
+            rows[i], tokens[i, : len(prompt)], lengths[i] = self._owned[row], prompt, len(prompt)
+        slots = jax.tree.map(self._to_global, self._slots)
+        inputs = self._to_global(rows), self._to_global(tokens), self._to_global(lengths)
 
         def call():
-            out = _prefill(
-                self.policy, self.params, self._cache, self._slots, rows, tokens, lengths, n, chunk
-            )
-            return out[0], jax.device_get(out[1:])
+            cache, *out = _prefill(self.policy, self.params, self._cache, slots, *inputs, n, chunk)
+            return cache, jax.tree.map(self._to_local, out)
 
         self._cache, (slots, first, logprobs) = await asyncio.to_thread(call)
         self.stats["prefill_calls"] += 1
         self._take(slots, first[None], logprobs[None])
 
     async def _run_decode(self) -> None:
+        slots = jax.tree.map(self._to_global, self._slots)
+
         def call():
-            out = _decode(self.policy, self.params, self._cache, self._slots, self.decode_chunk)
-            return out[0], jax.device_get(out[1:])
+            cache, *out = _decode(self.policy, self.params, self._cache, slots, self.decode_chunk)
+            slots_out, tokens, logprobs = out
+            local = jax.tree.map(self._to_local, slots_out)
+            return cache, (local, self._to_local(tokens, 1), self._to_local(logprobs, 1))
 
         self._cache, (slots, tokens, logprobs) = await asyncio.to_thread(call)
         self.stats["decode_calls"] += 1
@@ -339,8 +465,8 @@ class JaxSampler:
         self._take(slots, tokens, logprobs)
 
     def _take(self, slots: Slots, tokens: np.ndarray, logprobs: np.ndarray) -> None:
-        """Records tokens i32[steps, B] (-1 = none) and finishes the rows that stopped."""
-        self._slots = jax.tree.map(np.array, slots)  # writable host copy
+        """Records tokens i32[steps, B_local] (-1 = none) and finishes the rows that stopped."""
+        self._slots = slots
         for row, request in enumerate(self._rows):
             if request is None:
                 continue
@@ -379,5 +505,5 @@ class JaxSampler:
             if request is not None and not request.future.done():
                 request.future.set_exception(err)
             self._rows[row] = None
-        self._slots = Slots.empty(self.batch)
-        self._cache = self.policy.init_cache(self.batch, self.max_len)
+        self._slots = Slots.empty(len(self._rows))
+        self._cache = self._empty_cache()
