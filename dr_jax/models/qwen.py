@@ -44,8 +44,17 @@ class Linear(nnx.Module):
         self.n_in = len(in_shape)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.tensordot(x, self.kernel[...], axes=self.n_in)
+        y = matmul(x, self.kernel[...], self.n_in)
         return y if self.bias is None else y + self.bias[...]
+
+
+def matmul(x: jax.Array, w: jax.Array, n_in: int = 1, out_dtype=None) -> jax.Array:
+    """x [..., *in] · w [*in, *out] -> [..., *out], as one 2-D matmul: XLA's CPU backend runs
+    the gradients of multi-axis contractions several times slower than a flat [M, K] x [K, N]."""
+    lead, out = x.shape[: x.ndim - n_in], w.shape[n_in:]
+    k = math.prod(w.shape[:n_in])
+    y = jnp.dot(x.reshape(-1, k), w.reshape(k, -1), preferred_element_type=out_dtype)
+    return y.reshape(*lead, *out)
 
 
 class RMSNorm(nnx.Module):
@@ -82,13 +91,20 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
     key/value head h // (H / Hkv). Scores and softmax are float32.
     """
     batch, length, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
-    q = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None, None], scores / math.sqrt(head_dim), _MASKED)
+    slots, kv_heads = k.shape[1], k.shape[2]
+    group = heads // kv_heads
+    # [B, Hkv, G*T, Dh]: each key/value head with its G query heads' rows stacked, so every
+    # matmul (and its gradient) contracts a single axis.
+    q = q.reshape(batch, length, kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)
+    q = q.reshape(batch, kv_heads, group * length, head_dim)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
+    scores = scores.reshape(batch, kv_heads, group, length, slots) / math.sqrt(head_dim)
+    scores = jnp.where(mask[:, None, None], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(batch, length, heads, head_dim)
+    probs = probs.reshape(batch, kv_heads, group * length, slots)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(batch, kv_heads, group, length, -1)
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, head_dim)
 
 
 class Attention(nnx.Module):
@@ -193,10 +209,5 @@ class Qwen(nnx.Module):
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
         """hidden [..., D] -> float32 logits [..., V] (accumulated in float32 for bf16 compute)."""
-        if self.lm_head is None:
-            return jnp.einsum(
-                "...d,vd->...v", hidden, self.embed[...], preferred_element_type=jnp.float32
-            )
-        return jnp.einsum(
-            "...d,dv->...v", hidden, self.lm_head.kernel[...], preferred_element_type=jnp.float32
-        )
+        table = self.embed[...].T if self.lm_head is None else self.lm_head.kernel[...]
+        return matmul(hidden, table, out_dtype=jnp.float32)
