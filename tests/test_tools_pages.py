@@ -67,6 +67,8 @@ def site(shared_dir):
     pages = {f"/{name}": (shared_dir / "data" / "pages" / name).read_bytes() for name in PAGES}
 
     async def handle(request: Request) -> Reply:
+        if request.path == "/notes.txt":
+            return Reply(body=b"plain notes", content_type="text/plain")
         body = pages.get(request.path)
         return Reply(body=body) if body else Reply(status=404)
 
@@ -104,19 +106,44 @@ def test_worker_processes_extract_exactly_what_the_inline_extractor_does(site):
     assert all("error" not in page for page in in_pool)
 
 
-def test_a_dead_extraction_worker_costs_one_page_and_is_replaced(site):
+def test_a_dead_extraction_worker_is_replaced_and_pages_keep_coming(site):
     config = ToolsConfig(allow_hosts=("127.0.0.1",), extract_workers=1, memory_cache_entries=0)
     call = ToolCall("browse_webpage", {"url_list": [f"{site.url}/blog.python.org.html"]})
 
     async def scenario():
         async with ToolExecutor(config, search=False) as tools:
-            for worker in tools._extractor._all:
-                worker.kill()
-                await worker.wait()
-            crashed = json.loads(await tools.execute(call, ToolSession("")))
-            recovered = json.loads(await tools.execute(call, ToolSession("")))
-            return crashed, recovered
+            (worker,) = tools._extractor._workers
+            worker.process.kill()
+            await worker.process.wait()
+            during = json.loads(await tools.execute(call, ToolSession("")))
+            for _ in range(100):  # the replacement starts in the background
+                if tools._extractor._workers:
+                    break
+                await asyncio.sleep(0.05)
+            (replacement,) = tools._extractor._workers
+            after = json.loads(await tools.execute(call, ToolSession("")))
+            return during, after, worker.process.pid != replacement.process.pid
 
-    (crashed,), (recovered,) = asyncio.run(scenario())
-    assert "extraction crashed" in crashed["error"]
-    assert PAGES["blog.python.org.html"][0] in recovered["pages"][0]
+    (during,), (after,), replaced = asyncio.run(scenario())
+    sentence = PAGES["blog.python.org.html"][0]
+    assert sentence in during["pages"][0] and sentence in after["pages"][0]
+    assert replaced
+
+
+def test_a_page_that_takes_too_long_to_extract_is_given_up_and_the_worker_survives(site):
+    config = ToolsConfig(
+        allow_hosts=("127.0.0.1",), extract_workers=1, extract_timeout=0.02, window_chars=10**6
+    )
+    slow = ToolCall("browse_webpage", {"url_list": [f"{site.url}/pcgamer.com.skyrim.html"]})
+    quick = ToolCall("browse_webpage", {"url_list": [f"{site.url}/notes.txt"]})
+
+    async def scenario():
+        async with ToolExecutor(config, search=False) as tools:
+            (worker,) = tools._extractor._workers
+            given_up = json.loads(await tools.execute(slow, ToolSession("")))
+            fine = json.loads(await tools.execute(quick, ToolSession("")))
+            return given_up, fine, tools._extractor._workers == [worker]
+
+    (given_up,), (fine,), same_worker = asyncio.run(scenario())
+    assert "took longer than 0.02 s" in given_up["error"]
+    assert fine["pages"] == ["plain notes"] and same_worker

@@ -77,6 +77,8 @@ class ToolsConfig:
     """Page fetches in flight at once to one host."""
     extract_workers: int = 2
     """Worker processes extracting HTML/PDF text (0: extract in a thread of this process)."""
+    extract_timeout: float = 30.0
+    """Seconds a worker may spend extracting one page before it gives up on it."""
     user_agent: str = "dr_jax-tools/0.1 (+research agent)"
     """User-Agent header of page fetches."""
 

@@ -102,7 +102,7 @@ class ToolExecutor:
                     await self._backend.start(client)
             if cfg.reader == "llm" and not cfg.replay:
                 await self._check_reader()
-            self._extractor = Extractor(cfg.extract_workers)
+            self._extractor = Extractor(cfg.extract_workers, cfg.extract_timeout)
             await self._extractor.start()
         except BaseException:
             await self.close()
