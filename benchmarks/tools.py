@@ -24,9 +24,10 @@ import trafilatura
 
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
 from dr_jax.tools.calls import ToolCall
-from dr_jax.tools.extract import Extractor, extract_document, split_windows
+from dr_jax.tools.extract import extract_document, split_windows
 from dr_jax.tools.fetch import Fetched
 from dr_jax.tools.loopback import LoopbackServer, Reply, Request
+from dr_jax.tools.workers import Extractor
 
 PAGES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pages"
 

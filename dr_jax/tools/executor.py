@@ -28,7 +28,7 @@ from dr_jax.tools.cache import MemoryCache, ToolCache
 from dr_jax.tools.calls import ToolCall
 from dr_jax.tools.config import ToolsConfig
 from dr_jax.tools.errors import ToolError, ToolsSetupError
-from dr_jax.tools.extract import Document, Extractor, split_windows
+from dr_jax.tools.extract import Document, split_windows
 from dr_jax.tools.fetch import ClientPool, fetch_page
 from dr_jax.tools.metrics import ToolMetrics
 from dr_jax.tools.observations import (
@@ -41,6 +41,7 @@ from dr_jax.tools.observations import (
 from dr_jax.tools.reader import chat_completion, load_prompt, read_page
 from dr_jax.tools.search import SearchBackend, SearchHit, make_backend
 from dr_jax.tools.session import Note, ToolSession
+from dr_jax.tools.workers import Extractor
 
 log = logging.getLogger("dr_jax.tools")
 T = TypeVar("T")
