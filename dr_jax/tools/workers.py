@@ -46,6 +46,7 @@ def serve_stdio() -> None:
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints from libraries go to stderr, not into the replies
     signal.signal(signal.SIGALRM, _overtime)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; we exit on EOF
     while header := requests.read(8):
         fetched, text_format, seconds = pickle.loads(requests.read(int.from_bytes(header, "big")))
         try:
