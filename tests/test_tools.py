@@ -435,3 +435,15 @@ def test_cli_help_explains_backends_and_environment(capsys):
     out = capsys.readouterr().out
     for word in ("world", "searxng", "serper", "local", "SERPER_API_KEY", "DR_JAX_SEARCH_URL"):
         assert word in out
+
+
+def test_the_original_reading_prompt_works_as_a_prompt_file(web, shared_dir, tmp_path):
+    prompts = json.loads((shared_dir / "data" / "deepresearcher" / "prompts.json").read_text())
+    prompt_file = tmp_path / "deepresearcher_reader.txt"
+    prompt_file.write_text(prompts["reading_agent_extract_prompt"])
+    web.prompts.clear()
+    config = _reader(web, page_budget=1, reader_prompt_file=str(prompt_file))
+    (_, text), _ = _calls(config, [_search("facts"), _browse(f"{web.server.url}/page1")])
+    assert json.loads(text)[0]["notes"][0]["info"] == "Page 1 window fact 0"
+    assert "<main_question>\nWhich facts?\n</main_question>" in web.prompts[0]
+    assert "<page_index>1</page_index>" in web.prompts[0]
