@@ -72,6 +72,13 @@ class EvalConfig:
     """Decoding; the default is greedy. DeepResearcher's protocol: --sampler.temperature 1.0."""
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    system_prompt_file: str | None = None
+    """Text file replacing the built-in system prompt ({date} is filled in), e.g. the prompt
+    a checkpoint was trained with."""
+    tools_file: str | None = None
+    """JSON list of tool schemas replacing the built-in ones (needs --system-prompt-file)."""
+    today: str | None = None
+    """Date the system prompt states (YYYY-MM-DD); default: today (UTC)."""
     max_turns: int = 10
     """Model turns per question (DeepResearcher: 10)."""
     max_context_tokens: int = 32_768
@@ -92,6 +99,14 @@ class EvalConfig:
             raise ValueError(f"--limit must be >= 1, got {self.limit}.")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}.")
+        if self.tools_file and not self.system_prompt_file:
+            raise ValueError("--tools-file goes with --system-prompt-file: pass both.")
+
+    def template(self) -> PromptTemplate:
+        """The prompt: built in, or read from --system-prompt-file (and --tools-file)."""
+        if self.system_prompt_file is None:
+            return default_prompt()
+        return PromptTemplate.from_file(self.system_prompt_file, self.tools_file)
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change when a run is resumed (selection and batching may)."""
@@ -104,6 +119,7 @@ class EvalConfig:
             "sampler": [sampler.kind, sampler.temperature, sampler.top_p, sampler.top_k],
             "max_new_tokens": sampler.max_new_tokens,
             "max_turns": self.max_turns,
+            "prompt": [self.system_prompt_file, self.tools_file],
             "max_context_tokens": self.max_context_tokens,
             "seed": self.seed,
             "search_backend": self.tools.search_backend,
@@ -409,7 +425,7 @@ def run_meta(config: EvalConfig, seconds: float) -> dict[str, Any]:
     decoding = "greedy" if sampler.greedy else "sampled"
     return {
         "dataset": dataset,
-        "split": config.split,
+        "split": config.split if config.dataset == WORLD or Path(dataset).is_dir() else None,
         "policy": "world oracle" if config.oracle else config.policy.path,
         "sampler": "oracle replay" if config.oracle else sampler.kind,
         "decoding": decoding,
@@ -417,6 +433,7 @@ def run_meta(config: EvalConfig, seconds: float) -> dict[str, Any]:
         "top_p": sampler.top_p,
         "top_k": sampler.top_k,
         "seed": config.seed,
+        "prompt": config.system_prompt_file or "built-in",
         "max_turns": config.max_turns,
         "max_new_tokens": sampler.max_new_tokens,
         "search_backend": config.tools.search_backend,
@@ -463,7 +480,7 @@ async def _run(
 ) -> None:
     """Roll out the examples not `done` in batches, appending each batch to samples.jsonl."""
     todo = [e for e in examples if e.id not in done]
-    template = default_prompt()
+    template = config.template()
     tokenizer = build_tokenizer(config.policy)
     async with contextlib.AsyncExitStack() as stack:
         tools = await stack.enter_async_context(start_world_tools(config.tools, world))
@@ -483,6 +500,7 @@ async def _run(
             max_turns=config.max_turns,
             max_context_tokens=context,
             sampling=sampling_params(config.sampler),
+            today=config.today,
         )
         agent = Agent(sampler, tokenizer, tools, config=agent_config, template=template)
         finished = len(examples) - len(todo)

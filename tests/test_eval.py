@@ -77,6 +77,22 @@ def test_resuming_with_other_settings_is_refused(world, tmp_path):
         asyncio.run(evaluate(oracle_config(tmp_path, limit=1, max_turns=3), world))
 
 
+def test_a_prompt_file_replaces_the_system_prompt(world, shared_dir, tmp_path):
+    prompts = json.loads((shared_dir / "data/deepresearcher/prompts.json").read_text())
+    system = tmp_path / "system.txt"
+    system.write_text(prompts["system_prompt_online_search"])
+    config = oracle_config(
+        tmp_path / "run", limit=2, system_prompt_file=str(system), today="2025-04-01"
+    )
+    summary = asyncio.run(evaluate(config, world))
+    assert summary["meta"]["prompt"] == str(system)
+    for record in samples(tmp_path / "run"):
+        assert record["trajectory"].startswith(
+            "<|im_start|>system\n## Background information \n* Today is 2025-04-01\n"
+        )
+        assert record["f1"] == 1.0
+
+
 def test_unknown_data_sources_name_the_ones_present(world, tmp_path):
     with pytest.raises(ValueError, match=r"no data_source \[.nq.\]; present: \[.world_1hop"):
         asyncio.run(evaluate(oracle_config(tmp_path, datasets=("nq",)), world))
