@@ -10,6 +10,7 @@ from flax import nnx
 from models_reference import CONFIGS, hf_logits, left_padded_batch, random_hf_model, save_hf
 
 from dr_jax.models import KVCache, ModelConfig, init_policy, load_pretrained
+from dr_jax.models.flops import matmul_params, training_flops_per_token
 
 LENGTHS = [7, 12, 3]  # a left-padded batch: rows of 7, 12 and 3 real tokens
 
@@ -194,7 +195,7 @@ def test_tiny_default_uses_the_real_qwen_vocab_and_runs():
 
 
 def test_init_is_deterministic_in_the_seed():
-    config = ModelConfig.tiny(vocab_size=64)
+    config = ModelConfig.tiny()
     a, b, c = (init_policy(config, seed=s).params for s in (0, 0, 1))
     flat = lambda state: np.concatenate([np.ravel(x) for x in jax.tree.leaves(state)])
     np.testing.assert_array_equal(flat(a), flat(b))
@@ -223,3 +224,17 @@ def test_config_survives_hf_round_trip():
     for config in (ModelConfig.tiny(), ModelConfig.tiny(model_type="qwen3", qkv_bias=False,
                                                        qk_norm=True, head_dim=32)):  # fmt: skip
         assert ModelConfig.from_hf(config.to_hf()) == config
+
+
+def test_flops_count_every_matmul_weight_and_causal_attention(qwen3_pair):
+    _, policy = qwen3_pair
+    config = policy.config
+    kernels = sum(
+        v.get_value().size for path, v in nnx.to_flat_state(policy.params) if path[-1] == "kernel"
+    )
+    lm_head = config.vocab_size * config.hidden_size if config.tie_word_embeddings else 0
+    assert matmul_params(config) == kernels + lm_head
+    per_key = 6 * config.num_layers * config.num_heads * config.head_dim
+    flops = training_flops_per_token(config, 100)
+    assert flops == 6 * (kernels + lm_head) + per_key * 100
+    assert training_flops_per_token(config, 100, causal=False) == flops + per_key * 100
