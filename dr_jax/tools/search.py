@@ -221,7 +221,11 @@ class LocalBM25Backend:
             return []
         k = min(top_k, len(self._retriever.corpus))
         docs, scores = self._retriever.retrieve(
-            words, corpus=self._retriever.corpus, k=k, show_progress=False
+            words,
+            corpus=self._retriever.corpus,
+            k=k,
+            show_progress=False,
+            backend_selection="numpy",
         )
         return [
             SearchHit(doc["title"], doc["url"], _snippet(doc["text"]))
