@@ -129,14 +129,17 @@ def generate_entities(spec: WorldSpec) -> list[Entity]:
     for kind in KINDS:
         for _ in range(counts[kind]):
             entities.append(_new_entity(len(entities), kind, names, rng))
-    by_kind = {k: [e.id for e in entities if e.kind == k] for k in KINDS}
-    publishers = _publishers(entities, by_kind["organisation"])
+    pools = _Pools.of(entities)
     for e in entities:
-        _wire(e, by_kind, publishers, rng)
+        e.rels = {
+            rel: pools.draw(e, rel, rng) for rel, (src, _) in RELATIONS.items() if src == e.kind
+        }
     for e in entities:
         _draw_attrs(e, entities, countries, rng)
     for source_id in rng.sample(range(len(entities)), min(n_twins, len(entities))):
-        twin = _make_twin(entities[source_id], len(entities), names, countries, entities, rng)
+        twin = _make_twin(
+            entities[source_id], len(entities), names, countries, entities, pools, rng
+        )
         if twin is not None:
             entities.append(twin)
     for e in entities:
@@ -170,24 +173,30 @@ def _new_entity(i: int, kind: str, names: NameGenerator, rng: random.Random) -> 
     return Entity(id=i, kind=kind, name=name, slug=slugify(name), subtype=subtype)
 
 
-def _publishers(entities: list[Entity], orgs: list[int]) -> dict[str, list[int]]:
-    """Work type -> organisations that publish it (novels need a press, films a studio)."""
-    out = {}
-    for work_type in WORK_TYPES:
-        fitting = {suffix for suffix, _, works in ORG_TYPES if works == work_type}
-        out[work_type] = [o for o in orgs if entities[o].subtype in fitting] or orgs
-    return out
+@dataclass(frozen=True)
+class _Pools:
+    """Candidate targets of each relation: entities of the target kind (works only go to
+    organisations that publish their type: novels to a press, films to a studio)."""
 
+    by_kind: dict[str, list[int]]
+    publishers: dict[str, list[int]]
 
-def _wire(e: Entity, by_kind: dict[str, list[int]], publishers: dict[str, list[int]], rng) -> None:
-    for rel, (source, target) in RELATIONS.items():
-        if source != e.kind:
-            continue
-        pool = publishers[e.subtype] if rel == "publisher" else by_kind[target]
+    @classmethod
+    def of(cls, entities: list[Entity]) -> "_Pools":
+        by_kind = {k: [e.id for e in entities if e.kind == k] for k in KINDS}
+        publishers = {}
+        for work_type in WORK_TYPES:
+            fitting = {suffix for suffix, _, works in ORG_TYPES if works == work_type}
+            orgs = by_kind["organisation"]
+            publishers[work_type] = [o for o in orgs if entities[o].subtype in fitting] or orgs
+        return cls(by_kind, publishers)
+
+    def draw(self, e: Entity, rel: str, rng: random.Random) -> int:
+        pool = self.publishers[e.subtype] if rel == "publisher" else self.by_kind[RELATIONS[rel][1]]
         choice = rng.choice(pool)
         while choice == e.id and len(pool) > 1:
             choice = rng.choice(pool)
-        e.rels[rel] = choice
+        return choice
 
 
 def _draw_attrs(e: Entity, entities: list[Entity], countries: list[str], rng) -> None:
@@ -222,9 +231,10 @@ def _make_twin(
     names: NameGenerator,
     countries: list[str],
     entities: list[Entity],
+    pools: _Pools,
     rng: random.Random,
 ) -> Entity | None:
-    """Same kind and relations as `source`, a look-alike name, freshly drawn attributes."""
+    """Same kind as `source`, a look-alike name, fresh attributes, about half its relations."""
     for _ in range(8):
         name = near_duplicate(source.name, rng, DICTIONARY_WORDS)
         if names.claim(name):
@@ -237,9 +247,12 @@ def _make_twin(
         name=name,
         slug=slugify(name),
         subtype=source.subtype,
-        rels=dict(source.rels),
         twin=source.id,
     )
+    twin.rels = {
+        rel: target if rng.random() < 0.5 else pools.draw(twin, rel, rng)
+        for rel, target in source.rels.items()
+    }
     _draw_attrs(twin, entities, countries, rng)
     for key, value in twin.attrs.items():  # at least the numbers must differ
         if isinstance(value, int) and value == source.attrs[key]:
