@@ -208,22 +208,22 @@ class QuestionFactory:
         """Walk hops-1 relations from a random start, then ask a fact of the last entity."""
         rng = self.rng
         path = [rng.choice(self.entities)]
+        visited = {path[0].id}
         rels: list[str] = []
         for _ in range(hops - 1):
-            options = sorted(r for r in path[-1].rels)
+            options = sorted(path[-1].rels)
             rng.shuffle(options)
-            step = next((r for r in options if self.entities[path[-1].rels[r]] not in path), None)
+            step = next((r for r in options if path[-1].rels[r] not in visited), None)
             if step is None:
                 return None
             rels.append(step)
             path.append(self.entities[path[-1].rels[step]])
+            visited.add(path[-1].id)
         last = path[-1]
-        facts = sorted(last.attrs) + [
-            r for r in sorted(last.rels) if self.entities[last.rels[r]] not in path
-        ]
+        facts = sorted(last.attrs) + [r for r in sorted(last.rels) if last.rels[r] not in visited]
         fact = rng.choice(facts)
         x = self.mention(path[0])
-        for source, rel in zip(path, rels, strict=False):
+        for source, rel in zip(path[:-1], rels, strict=True):
             x = self.rel_np(rel, source, x)
         text = self.final_question(fact, last, x)
         plan = tuple((self.read(e, f),) for e, f in zip(path, [*rels, fact], strict=True))
