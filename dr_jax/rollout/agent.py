@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from dr_jax.rollout.parse import parse_turn
@@ -58,10 +57,24 @@ class AgentConfig:
             raise ValueError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """SplitMix64's finaliser: a bijective scramble of 64-bit integers."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
 def turn_seed(seed: int, group_id: int, sample_index: int, turn: int) -> int:
     """A well-mixed 31-bit seed per (rollout seed, question, sample, turn): same seed, same
     trajectories, whatever order the sampler happens to serve the requests in."""
-    return int(np.random.SeedSequence([seed, group_id, sample_index, turn]).generate_state(1)[0])
+    x = 0
+    for value in (seed, group_id, sample_index, turn):
+        x = _mix64(x ^ (value & _MASK64))
+    return x & 0x7FFFFFFF
 
 
 class Agent:
