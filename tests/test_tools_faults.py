@@ -351,12 +351,14 @@ def test_a_stuck_page_costs_only_its_own_result(web):
         ToolCall("web_search", {"query": 42}),
         ToolCall("browse_webpage", {}),
         ToolCall("browse_webpage", {"url_list": ["   "]}),
+        ToolCall("web_search", ["not", "an", "object"]),
         ToolCall("open_the_pod_bay_doors", {"query": ["x"]}),
     ],
 )
 def test_bad_calls_are_described_not_raised(web, call):
-    text, _, _ = _run(_config(web), call)
-    assert json.loads(text)["error"]
+    text, _, metrics = _run(_config(web), call)
+    assert json.loads(text)["error"].startswith(f"{call.name} failed: ") or "unknown tool" in text
+    assert "internal" not in metrics["errors"]
 
 
 def test_global_and_per_host_limits_bound_requests_in_flight():

@@ -17,6 +17,7 @@ import os
 import random
 import sqlite3
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,6 +53,8 @@ BROWSE_TOOL = "browse_webpage"
 
 def _string_list(arguments: dict[str, Any], key: str) -> list[str]:
     """`arguments[key]` as a non-empty list of strings (a lone string is accepted too)."""
+    if not isinstance(arguments, dict):
+        raise ToolError("bad_arguments", "arguments must be a JSON object")
     value = arguments.get(key)
     if isinstance(value, str):
         value = [value]
@@ -79,7 +82,10 @@ class ToolExecutor:
         self._metrics = ToolMetrics()
         self._rng = random.Random()
         self._inflight: dict[tuple[str, str], asyncio.Task] = {}
-        self._host_limits: dict[str, asyncio.Semaphore] = {}
+        # Weak: a host's semaphore lives while someone holds or awaits it, then goes away.
+        self._host_limits: weakref.WeakValueDictionary[str, asyncio.Semaphore] = (
+            weakref.WeakValueDictionary()
+        )
         self._clients: ClientPool | None = None
         self._cache: ToolCache | None = None
         self._memory = MemoryCache(config.memory_cache_entries)
@@ -368,9 +374,10 @@ class ToolExecutor:
         return value
 
     def _host_limit(self, host: str) -> asyncio.Semaphore:
-        if host not in self._host_limits:
-            self._host_limits[host] = asyncio.Semaphore(self.config.per_host)
-        return self._host_limits[host]
+        limit = self._host_limits.get(host)
+        if limit is None:
+            limit = self._host_limits[host] = asyncio.Semaphore(self.config.per_host)
+        return limit
 
     async def _retrying(
         self, attempt: Callable[[httpx.AsyncClient], Awaitable[T]], host: str | None
