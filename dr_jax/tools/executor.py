@@ -1,36 +1,29 @@
 """Runs the tool calls of many trajectories at once: concurrent, cached, bounded, never raising.
 
-One asyncio event loop drives every call. Network work passes through a global and a per-host
-semaphore, is retried a bounded number of times with exponential backoff and full jitter
-(honouring Retry-After), and identical requests in flight at the same moment are made once.
-Results go to a persistent cache first, so a query is paid for once per cache; in replay mode the
-cache is the only source. Whatever goes wrong becomes text the model reads.
+One asyncio event loop drives every call. The executor gives the tools their meaning (first N
+queries, browse rules, windows, the reading agent, observations); every request it makes goes
+through `dispatch.Dispatcher` (cache, de-duplication, per-host and global limits, bounded
+retries). Each query or URL has its own deadline inside the call's, and whatever goes wrong
+becomes text the model reads.
 """
 
 import asyncio
-import contextlib
 import hashlib
-import itertools
 import json
 import logging
 import os
-import random
-import sqlite3
 import time
-import weakref
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from dr_jax.tools.cache import MemoryCache, ToolCache
 from dr_jax.tools.calls import ToolCall
 from dr_jax.tools.config import ToolsConfig
+from dr_jax.tools.dispatch import Dispatcher
 from dr_jax.tools.errors import ToolError, ToolsSetupError
 from dr_jax.tools.extract import Document, split_windows
-from dr_jax.tools.fetch import ClientPool, fetch_page
+from dr_jax.tools.fetch import fetch_page
 from dr_jax.tools.metrics import ToolMetrics
 from dr_jax.tools.observations import (
     PageResult,
@@ -45,7 +38,6 @@ from dr_jax.tools.session import Note, ToolSession
 from dr_jax.tools.workers import Extractor
 
 log = logging.getLogger("dr_jax.tools")
-T = TypeVar("T")
 
 SEARCH_TOOL = "web_search"
 BROWSE_TOOL = "browse_webpage"
@@ -80,15 +72,7 @@ class ToolExecutor:
         self._prompt = load_prompt(config.reader_prompt_file)
         self._reader_key = os.environ.get(config.reader_key_env) or None
         self._metrics = ToolMetrics()
-        self._rng = random.Random()
-        self._inflight: dict[tuple[str, str], asyncio.Task] = {}
-        # Weak: a host's semaphore lives while someone holds or awaits it, then goes away.
-        self._host_limits: weakref.WeakValueDictionary[str, asyncio.Semaphore] = (
-            weakref.WeakValueDictionary()
-        )
-        self._clients: ClientPool | None = None
-        self._cache: ToolCache | None = None
-        self._memory = MemoryCache(config.memory_cache_entries)
+        self._dispatch = Dispatcher(config, self._metrics)
         self._extractor: Extractor | None = None
 
     async def __aenter__(self) -> "ToolExecutor":
@@ -100,12 +84,10 @@ class ToolExecutor:
 
     async def start(self) -> None:
         cfg = self.config
-        self._clients = ClientPool(cfg)
         try:
-            if cfg.cache_path:
-                self._cache = self._open_cache(cfg)
+            await self._dispatch.start()
             if self._backend is not None and (not cfg.replay or cfg.search_backend == "local"):
-                async with self._clients.lease() as client:
+                async with self._dispatch.client() as client:
                     await self._backend.start(client)
             if cfg.reader == "llm" and not cfg.replay:
                 await self._check_reader()
@@ -115,20 +97,10 @@ class ToolExecutor:
             await self.close()
             raise
 
-    @staticmethod
-    def _open_cache(cfg: ToolsConfig) -> ToolCache:
-        path = Path(cfg.cache_path)
-        if cfg.replay and not path.is_file():
-            raise ToolsSetupError(f"replay=True but there is no cache at {path}: record one first")
-        try:
-            return ToolCache(path, shared_fs=cfg.cache_shared_fs)
-        except sqlite3.Error as e:
-            raise ToolsSetupError(f"cannot open the tool cache {path}: {e}") from None
-
     async def _check_reader(self) -> None:
         url = (self.config.reader_url or "").rstrip("/") + "/models"
         try:
-            async with self._clients.lease() as client:
+            async with self._dispatch.client() as client:
                 await client.get(url, timeout=self.config.request_timeout)
         except httpx.HTTPError as e:
             raise ToolsSetupError(
@@ -137,19 +109,10 @@ class ToolExecutor:
             ) from None
 
     async def close(self) -> None:
-        pending = list(self._inflight.values())
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        if self._clients is not None:
-            await self._clients.aclose()
-            self._clients = None
+        await self._dispatch.close()
         if self._extractor is not None:
             await self._extractor.close()
             self._extractor = None
-        if self._cache is not None:
-            self._cache.close()
-            self._cache = None
 
     def metrics(self) -> dict:
         """Calls, errors by kind, retries, requests made, cache and de-dup hits, latency
@@ -201,13 +164,13 @@ class ToolExecutor:
         )
 
         async def produce() -> str:
-            hits = await self._retrying(
+            hits = await self._dispatch.attempt(
                 lambda client: self._backend.search(client, query, cfg.top_k), host=None
             )
             return json.dumps([[h.title, h.url, h.snippet] for h in hits])
 
         try:
-            value = await self._cached("search", key, cfg.search_ttl, produce)
+            value = await self._dispatch.once("search", key, cfg.search_ttl, produce)
         except ToolError as e:
             self._metrics.errors[e.kind] += 1
             return QueryResult(query, error=f"search failed: {e}")
@@ -221,13 +184,13 @@ class ToolExecutor:
 
         async def produce() -> str:
             host = urlsplit(url).hostname or ""
-            fetched = await self._retrying(
+            fetched = await self._dispatch.attempt(
                 lambda client: fetch_page(client, url, self.config), host=host
             )
             doc = await self._extractor.extract(fetched, self.config.text_format)
             return json.dumps({"url": doc.url, "title": doc.title, "text": doc.text})
 
-        value = json.loads(await self._cached("page", url, self.config.page_ttl, produce))
+        value = json.loads(await self._dispatch.once("page", url, self.config.page_ttl, produce))
         return Document(value["url"], value["title"], value["text"])
 
     # ------------------------------------------------------------------------------- tools
@@ -319,7 +282,7 @@ class ToolExecutor:
         ).hexdigest()
 
         async def produce() -> str:
-            return await self._retrying(
+            return await self._dispatch.attempt(
                 lambda client: chat_completion(
                     client,
                     cfg.reader_url or "",
@@ -333,78 +296,4 @@ class ToolExecutor:
                 host=None,
             )
 
-        return await self._cached("reader", key, cfg.search_ttl, produce)
-
-    # ---------------------------------------------------------------------- the machinery
-
-    async def _cached(
-        self, kind: str, key: str, ttl: float, produce: Callable[[], Awaitable[str]]
-    ) -> str:
-        """Memory, then the persistent cache, then an identical request already in flight,
-        then `produce` (made once). Replay ignores TTLs and never produces."""
-        ttl_or_none = None if self.config.replay else ttl
-        value = self._memory.get(kind, key, ttl_or_none)
-        if value is None and self._cache is not None:
-            value = await asyncio.to_thread(self._cache.get, kind, key, ttl_or_none)
-            if value is not None:
-                self._memory.put(kind, key, value)
-        if value is not None:
-            self._metrics.counts["cache_hits"] += 1
-            return value
-        self._metrics.counts["cache_misses"] += 1
-        if self.config.replay:
-            raise ToolError("replay_miss", "not in the cache (replay mode: the network is off)")
-        task = self._inflight.get((kind, key))
-        if task is not None:
-            self._metrics.counts["deduplicated"] += 1
-        else:
-            task = asyncio.create_task(self._produce_and_store(kind, key, produce))
-            self._inflight[(kind, key)] = task
-            task.add_done_callback(lambda _: self._inflight.pop((kind, key), None))
-        # shield: one caller giving up (its own deadline) must not cancel the shared request.
-        return await asyncio.shield(task)
-
-    async def _produce_and_store(
-        self, kind: str, key: str, produce: Callable[[], Awaitable[str]]
-    ) -> str:
-        value = await produce()
-        self._memory.put(kind, key, value)
-        if self._cache is not None:
-            await asyncio.to_thread(self._cache.put, kind, key, value)
-        return value
-
-    def _host_limit(self, host: str) -> asyncio.Semaphore:
-        limit = self._host_limits.get(host)
-        if limit is None:
-            limit = self._host_limits[host] = asyncio.Semaphore(self.config.per_host)
-        return limit
-
-    async def _retrying(
-        self, attempt: Callable[[httpx.AsyncClient], Awaitable[T]], host: str | None
-    ) -> T:
-        """Run `attempt(client)` under the concurrency limits (a client lease is the global
-        limit), retrying retryable ToolErrors.
-
-        Wait before retry n (0-based) ~ U(0, min(backoff_max, backoff_base * 2**n)), or the
-        server's Retry-After when it gives one (refused when longer than backoff_max).
-        """
-        cfg = self.config
-        for n in itertools.count():
-            try:
-                # Host first: waiting for a busy host must not hold one of the global slots.
-                host_limit = self._host_limit(host) if host else contextlib.nullcontext()
-                async with host_limit, self._clients.lease() as client:
-                    self._metrics.counts["requests"] += 1
-                    return await attempt(client)
-            except ToolError as e:
-                if not e.retryable or n == cfg.retries:
-                    raise
-                delay = self._rng.uniform(0.0, min(cfg.backoff_max, cfg.backoff_base * 2**n))
-                if e.retry_after is not None:
-                    if e.retry_after > cfg.backoff_max:
-                        raise ToolError(
-                            e.kind, f"{e}; asked to wait {e.retry_after:g} s, too long"
-                        ) from None
-                    delay = e.retry_after
-                self._metrics.counts["retries"] += 1
-                await asyncio.sleep(delay)
+        return await self._dispatch.once("reader", key, cfg.search_ttl, produce)

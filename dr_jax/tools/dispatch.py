@@ -1,0 +1,146 @@
+"""The path every tool request takes to the network, and the reasons it often does not.
+
+A request is identified by (kind, key). `Dispatcher.once` serves it from memory, then from the
+persistent cache, then joins an identical request already in flight, and only then makes it
+(in replay mode it never does). `Dispatcher.attempt` makes it under a per-host and a global
+limit and retries retryable failures a bounded number of times with backoff.
+"""
+
+import asyncio
+import contextlib
+import itertools
+import random
+import sqlite3
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+from dr_jax.tools.cache import MemoryCache, ToolCache
+from dr_jax.tools.config import ToolsConfig
+from dr_jax.tools.errors import ToolError, ToolsSetupError
+from dr_jax.tools.fetch import ClientPool
+from dr_jax.tools.metrics import ToolMetrics
+
+T = TypeVar("T")
+
+
+class Dispatcher:
+    """Cache, de-duplication, concurrency limits and retries for the tools' requests."""
+
+    def __init__(self, config: ToolsConfig, metrics: ToolMetrics) -> None:
+        self.config = config
+        self._metrics = metrics
+        self._rng = random.Random()
+        self._memory = MemoryCache(config.memory_cache_entries)
+        self._inflight: dict[tuple[str, str], asyncio.Task] = {}
+        # Weak: a host's semaphore lives while someone holds or awaits it, then goes away.
+        self._host_limits: weakref.WeakValueDictionary[str, asyncio.Semaphore] = (
+            weakref.WeakValueDictionary()
+        )
+        self._clients: ClientPool | None = None
+        self._cache: ToolCache | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._clients = ClientPool(cfg)
+        if cfg.cache_path:
+            path = Path(cfg.cache_path)
+            if cfg.replay and not path.is_file():
+                raise ToolsSetupError(f"replay=True but there is no cache at {path}: record one")
+            try:
+                self._cache = ToolCache(path, shared_fs=cfg.cache_shared_fs)
+            except sqlite3.Error as e:
+                raise ToolsSetupError(f"cannot open the tool cache {path}: {e}") from None
+
+    async def close(self) -> None:
+        pending = list(self._inflight.values())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self._clients is not None:
+            await self._clients.aclose()
+            self._clients = None
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[httpx.AsyncClient]:
+        """A client for a one-off request outside the limits (start-up checks)."""
+        async with self._clients.lease() as client:
+            yield client
+
+    async def once(
+        self, kind: str, key: str, ttl: float, produce: Callable[[], Awaitable[str]]
+    ) -> str:
+        """Memory, then the persistent cache, then an identical request already in flight,
+        then `produce` (made once). Replay ignores TTLs and never produces."""
+        ttl_or_none = None if self.config.replay else ttl
+        value = self._memory.get(kind, key, ttl_or_none)
+        if value is None and self._cache is not None:
+            value = await asyncio.to_thread(self._cache.get, kind, key, ttl_or_none)
+            if value is not None:
+                self._memory.put(kind, key, value)
+        if value is not None:
+            self._metrics.counts["cache_hits"] += 1
+            return value
+        self._metrics.counts["cache_misses"] += 1
+        if self.config.replay:
+            raise ToolError("replay_miss", "not in the cache (replay mode: the network is off)")
+        task = self._inflight.get((kind, key))
+        if task is not None:
+            self._metrics.counts["deduplicated"] += 1
+        else:
+            task = asyncio.create_task(self._produce_and_store(kind, key, produce))
+            self._inflight[(kind, key)] = task
+            task.add_done_callback(lambda _: self._inflight.pop((kind, key), None))
+        # shield: one caller giving up (its own deadline) must not cancel the shared request.
+        return await asyncio.shield(task)
+
+    async def _produce_and_store(
+        self, kind: str, key: str, produce: Callable[[], Awaitable[str]]
+    ) -> str:
+        value = await produce()
+        self._memory.put(kind, key, value)
+        if self._cache is not None:
+            await asyncio.to_thread(self._cache.put, kind, key, value)
+        return value
+
+    def _host_limit(self, host: str) -> asyncio.Semaphore:
+        limit = self._host_limits.get(host)
+        if limit is None:
+            limit = self._host_limits[host] = asyncio.Semaphore(self.config.per_host)
+        return limit
+
+    async def attempt(
+        self, request: Callable[[httpx.AsyncClient], Awaitable[T]], host: str | None
+    ) -> T:
+        """Run `request(client)` under the limits (`host`'s, when given, and a client lease,
+        which is the global one), retrying retryable ToolErrors.
+
+        Wait before retry n (0-based) ~ U(0, min(backoff_max, backoff_base * 2**n)), or the
+        server's Retry-After when it gives one (refused when longer than backoff_max).
+        """
+        cfg = self.config
+        for n in itertools.count():
+            try:
+                # Host first: waiting for a busy host must not hold one of the global slots.
+                host_limit = self._host_limit(host) if host else contextlib.nullcontext()
+                async with host_limit, self._clients.lease() as client:
+                    self._metrics.counts["requests"] += 1
+                    return await request(client)
+            except ToolError as e:
+                if not e.retryable or n == cfg.retries:
+                    raise
+                delay = self._rng.uniform(0.0, min(cfg.backoff_max, cfg.backoff_base * 2**n))
+                if e.retry_after is not None:
+                    if e.retry_after > cfg.backoff_max:
+                        raise ToolError(
+                            e.kind, f"{e}; asked to wait {e.retry_after:g} s, too long"
+                        ) from None
+                    delay = e.retry_after
+                self._metrics.counts["retries"] += 1
+                await asyncio.sleep(delay)
