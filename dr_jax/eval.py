@@ -28,7 +28,14 @@ from dr_jax.config import PolicyConfig, SamplerConfig
 from dr_jax.data import QAExample, examples_from_questions, load_dataset
 from dr_jax.judge import Judge, JudgeConfig, Verdict
 from dr_jax.reward import last_turn_scores, tags_balanced
-from dr_jax.rollout import Agent, AgentConfig, SampleResult, SamplingParams, Trajectory
+from dr_jax.rollout import (
+    Agent,
+    AgentConfig,
+    Sampler,
+    SampleResult,
+    SamplingParams,
+    Trajectory,
+)
 from dr_jax.rollout.prompts import PromptTemplate, default_prompt
 from dr_jax.runtime import (
     build_policy,
@@ -448,11 +455,15 @@ def trajectory_text(tokenizer: Any, trajectory: Trajectory) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False)
 
 
-async def evaluate(config: EvalConfig, world: World | None = None) -> dict:
+async def evaluate(
+    config: EvalConfig, world: World | None = None, sampler: Sampler | None = None
+) -> dict:
     """Run the agent over the selected questions, resuming `out_dir` if it holds the same run.
 
     `world` (default: generated from `world_seed` when needed) supplies the questions of
-    `dataset="world"` and the web of the "world" search backend. Returns the summary.
+    `dataset="world"` and the web of the "world" search backend. `sampler` replaces the one
+    `config.policy` and `config.sampler` describe (e.g. a JaxSampler already compiled, reused
+    across runs); the summary still reports `config`. Returns the summary.
     """
     started = time.perf_counter()
     serves_world = config.tools.search_backend == WORLD and not config.tools.search_url
@@ -466,7 +477,7 @@ async def evaluate(config: EvalConfig, world: World | None = None) -> dict:
     samples_path = out_dir / SAMPLES
     done = read_records(samples_path)
     if any(e.id not in done for e in examples):
-        await _run(config, world, examples, done, samples_path)
+        await _run(config, world, sampler, examples, done, samples_path)
     records = [done[e.id] for e in examples]
     return write_summary(out_dir, records, run_meta(config, time.perf_counter() - started))
 
@@ -474,6 +485,7 @@ async def evaluate(config: EvalConfig, world: World | None = None) -> dict:
 async def _run(
     config: EvalConfig,
     world: World | None,
+    sampler: Sampler | None,
     examples: list[QAExample],
     done: dict[str, dict[str, Any]],
     samples_path: Path,
@@ -488,7 +500,7 @@ async def _run(
         if config.oracle:
             assert world is not None
             sampler = OracleSampler(world, tokenizer, tools, template)
-        else:
+        elif sampler is None:
             policy = build_policy(config.policy) if config.sampler.kind == "jax" else None
             sampler = build_sampler(config.sampler, policy, tokenizer)
             if hasattr(sampler, "aclose"):

@@ -15,6 +15,8 @@ from test_judge import OpenAIStandIn
 from dr_jax.config import PolicyConfig, SamplerConfig
 from dr_jax.eval import SAMPLES, EvalConfig, evaluate
 from dr_jax.judge import JudgeConfig
+from dr_jax.rollout import Sampler
+from dr_jax.runtime import build_policy, build_sampler
 from dr_jax.tools import ToolsConfig
 from dr_jax.tools.search import build_index
 from dr_jax.world import World
@@ -98,19 +100,27 @@ def test_unknown_data_sources_name_the_ones_present(world, tmp_path):
         asyncio.run(evaluate(oracle_config(tmp_path, datasets=("nq",)), world))
 
 
+TINY_SAMPLER = SamplerConfig(temperature=0.0, max_new_tokens=12, max_seq_len=1024, max_batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_sampler(qwen_tokenizer) -> Sampler:
+    """The embedded random policy's JaxSampler, compiled once for all runs of this module."""
+    policy = build_policy(PolicyConfig())
+    return build_sampler(TINY_SAMPLER, policy, qwen_tokenizer)
+
+
 def tiny_policy_config(out_dir: Path, **overrides) -> EvalConfig:
     """The embedded random policy with short turns, so a CPU run takes seconds."""
-    sampler = SamplerConfig(temperature=0.0, max_new_tokens=12, max_seq_len=1024, max_batch_size=4)
     return EvalConfig(
-        out_dir=str(out_dir), policy=PolicyConfig(), sampler=sampler, tools=TOOLS,
-        max_turns=1, **overrides,
-    )  # fmt: skip
+        out_dir=str(out_dir), sampler=TINY_SAMPLER, tools=TOOLS, max_turns=2, **overrides
+    )
 
 
-def test_a_tiny_random_policy_scores_honestly_near_zero(world, tmp_path):
-    summary = asyncio.run(evaluate(tiny_policy_config(tmp_path, limit=4), world))
+def test_a_tiny_random_policy_scores_honestly_near_zero(world, tiny_sampler, tmp_path):
+    summary = asyncio.run(evaluate(tiny_policy_config(tmp_path, limit=8), world, tiny_sampler))
     average = summary["datasets"]["average"]
-    assert average["n"] == 4 and average["f1"] == 0.0 and average["em"] == 0.0
+    assert average["n"] == 8 and average["f1"] == 0.0 and average["em"] == 0.0
     assert summary["meta"]["decoding"] == "greedy" and summary["meta"]["sampler"] == "jax"
     for r in samples(tmp_path):
         assert r["prediction"] is None and r["tokens"] > 0 and r["turns"] >= 1
@@ -131,16 +141,17 @@ def local_index(tmp_path) -> Path:
     return tmp_path / "index"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", ["world", "local"])
-def test_limit_20_on_the_deepresearcher_test_set_runs(backend, shared_dir, local_index, tmp_path):
+@pytest.mark.parametrize("backend", ["world", pytest.param("local", marks=pytest.mark.slow)])
+def test_limit_20_on_the_deepresearcher_test_set_runs(
+    backend, shared_dir, local_index, tiny_sampler, tmp_path
+):
     """Neither backend holds these answers: the point is that the real benchmark runs."""
     tools = replace(TOOLS, search_backend=backend, local_index=str(local_index))
     config = tiny_policy_config(
         tmp_path / "run", dataset=str(shared_dir / "data/deepresearcher/test.parquet"), limit=20
     )
     config = replace(config, sampler=replace(config.sampler, temperature=1.0), seed=3, tools=tools)
-    summary = asyncio.run(evaluate(config))
+    summary = asyncio.run(evaluate(config, sampler=tiny_sampler))
     assert summary["datasets"]["average"]["n"] == 20
     assert {r["data_source"] for r in samples(tmp_path / "run")} >= {"nq", "tq", "2wiki", "popqa"}
     assert summary["meta"]["decoding"] == "sampled" and summary["meta"]["temperature"] == 1.0
