@@ -200,3 +200,20 @@ def test_replay_without_a_recorded_cache_is_a_start_up_error(web, tmp_path):
 
     with pytest.raises(ToolsSetupError, match="no cache at"):
         asyncio.run(scenario())
+
+
+def test_a_dead_link_is_fetched_once_and_its_error_replayed(web, tmp_path):
+    missing = ToolCall("browse_webpage", {"url_list": [f"{web.url}/gone.html"]})
+
+    async def browse_twice(config):
+        async with ToolExecutor(config) as tools:
+            texts = [await tools.execute(missing, ToolSession("q")) for _ in range(2)]
+            return texts, tools.metrics()
+
+    (first, second), metrics = asyncio.run(browse_twice(_config(web, tmp_path / "c.sqlite")))
+    assert "HTTP 404" in json.loads(first)[0]["error"] and second == first
+    assert metrics["requests"] == 1 and metrics["cache_hits"] == 1
+    web.stop()
+    replay = _config(web, tmp_path / "c.sqlite", replay=True)
+    (replayed, _), _ = asyncio.run(browse_twice(replay))
+    assert replayed == first

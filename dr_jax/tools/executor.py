@@ -42,6 +42,12 @@ log = logging.getLogger("dr_jax.tools")
 SEARCH_TOOL = "web_search"
 BROWSE_TOOL = "browse_webpage"
 
+# Page failures that asking again will not change: cached like pages, so the 16 samples of a
+# question pay for a dead link once (and a replay reproduces it).
+PERMANENT_FAILURES = frozenset(
+    {"http_4xx", "unsupported", "too_large", "empty", "unreadable", "redirect_loop", "unsafe_url"}
+)
+
 
 def _string_list(arguments: dict[str, Any], key: str) -> list[str]:
     """`arguments[key]` as a non-empty list of strings (a lone string is accepted too)."""
@@ -184,13 +190,20 @@ class ToolExecutor:
 
         async def produce() -> str:
             host = urlsplit(url).hostname or ""
-            fetched = await self._dispatch.attempt(
-                lambda client: fetch_page(client, url, self.config), host=host
-            )
-            doc = await self._extractor.extract(fetched, self.config.text_format)
+            try:
+                fetched = await self._dispatch.attempt(
+                    lambda client: fetch_page(client, url, self.config), host=host
+                )
+                doc = await self._extractor.extract(fetched, self.config.text_format)
+            except ToolError as e:
+                if e.kind not in PERMANENT_FAILURES:
+                    raise
+                return json.dumps({"error": [e.kind, str(e)]})
             return json.dumps({"url": doc.url, "title": doc.title, "text": doc.text})
 
         value = json.loads(await self._dispatch.once("page", url, self.config.page_ttl, produce))
+        if "error" in value:
+            raise ToolError(*value["error"])
         return Document(value["url"], value["title"], value["text"])
 
     # ------------------------------------------------------------------------------- tools
