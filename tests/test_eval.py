@@ -13,7 +13,7 @@ import pytest
 from test_judge import OpenAIStandIn
 
 from dr_jax.config import PolicyConfig, SamplerConfig
-from dr_jax.eval import SAMPLES, EvalConfig, evaluate
+from dr_jax.eval import SAMPLES, EvalConfig, ScoreConfig, evaluate, score_results
 from dr_jax.judge import JudgeConfig
 from dr_jax.rollout import Sampler
 from dr_jax.runtime import build_policy, build_sampler
@@ -59,6 +59,26 @@ def test_oracle_replayed_through_the_pipeline_scores_f1_one(world, tmp_path):
         assert r["tokens"] < r["context_tokens"]
     assert summary["meta"]["judge_model"] == "standin-judge"
     assert (tmp_path / "summary.md").read_text().count("world_") == 3
+
+
+def test_our_samples_rescore_identically_with_the_score_command(world, tmp_path):
+    """samples.jsonl is itself a rollout file: one scorer for our runs and DeepResearcher's."""
+    asyncio.run(evaluate(oracle_config(tmp_path / "run", limit=4), world))
+    dataset = tmp_path / "questions.jsonl"
+    rows = [
+        {"id": q.id, "question": q.question, "answers": q.answers, "data_source": q.data_source}
+        for q in world.split("test")[:4]
+    ]
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = ScoreConfig(
+        results=str(tmp_path / "run" / SAMPLES), dataset=str(dataset), text_field="trajectory"
+    )
+    asyncio.run(score_results(config))
+    rescored = samples(f"{config.results}.scored")
+    fields = ("id", "prediction", "f1", "em", "turns", "tool_calls")
+    assert [[r[f] for f in fields] for r in rescored] == [
+        [r[f] for f in fields] for r in samples(tmp_path / "run")
+    ]
 
 
 def test_a_stopped_run_resumes_without_redoing_finished_questions(world, tmp_path):
