@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from test_eval_score import load_launcher
 from test_judge import OpenAIStandIn
 
 from dr_jax.config import PolicyConfig, SamplerConfig
@@ -176,3 +177,12 @@ def test_limit_20_on_the_deepresearcher_test_set_runs(
     assert {r["data_source"] for r in samples(tmp_path / "run")} >= {"nq", "tq", "2wiki", "popqa"}
     assert summary["meta"]["decoding"] == "sampled" and summary["meta"]["temperature"] == 1.0
     assert summary["meta"]["search_backend"] == backend
+
+
+def test_the_launcher_runs_an_evaluation_from_flags(tmp_path, capsys):
+    argv = ["run", "--oracle", "--limit", "2", "--world-size", "tiny", "--out-dir", str(tmp_path),
+            "--tools.extract-workers", "0", "--datasets", "world_1hop"]  # fmt: skip
+    summary = load_launcher().main(argv)
+    assert summary["datasets"]["world_1hop"]["n"] == 2
+    assert summary["meta"]["dataset"] == "world(seed=0, size=tiny)"
+    assert "| world_1hop | 2 | 100.0 | 100.0 |" in capsys.readouterr().out
