@@ -1,10 +1,13 @@
 """Evaluate a policy on QA benchmarks (F1 / EM / LLM judge per dataset), or score a result file.
 
-    python launch/eval.py                                   # tiny policy on the offline world
-    python launch/eval.py run --dataset ../shared/data/deepresearcher/test.parquet --limit 20
-    python launch/eval.py run --policy.path CKPT --sampler.kind sglang --sampler.url URL \\
+    python launch/eval.py run --oracle                      # pipeline check: F1 = 100 on the world
+    python launch/eval.py run --limit 8 --sampler.max-new-tokens 64    # tiny random policy, quick
+    python launch/eval.py run --dataset ../shared/data/deepresearcher/test.parquet \
+        --policy.path CKPT --sampler.kind sglang --sampler.url http://127.0.0.1:30000 \
         --tools.search-backend serper --judge.url https://api.openai.com/v1
     python launch/eval.py score rollout_step_0.json --dataset test.parquet   # DeepResearcher output
+
+Results go to --out-dir (samples.jsonl, summary.json, summary.md); rerunning resumes.
 """
 
 import asyncio
