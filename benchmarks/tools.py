@@ -82,8 +82,13 @@ async def _plain_httpx_run(url: str, calls: int, concurrency: int) -> float:
         return time.perf_counter() - started
 
 
-async def _concurrency_run(url: str, calls: int, concurrency: int) -> tuple[float, float, dict]:
+async def _concurrency_run(
+    url: str, calls: int, concurrency: int, extract_workers: int = 2, tag: str = ""
+) -> tuple[float, float, dict]:
+    """Seconds, executor CPU seconds and metrics of `calls` distinct tool calls (`tag` keeps
+    the URLs of two runs distinct, so the second is not served from memory)."""
     config = ToolsConfig(
+        extract_workers=extract_workers,
         search_backend="world",
         search_url=url,
         allow_hosts=("127.0.0.1",),
@@ -93,9 +98,9 @@ async def _concurrency_run(url: str, calls: int, concurrency: int) -> tuple[floa
         page_budget=1,
     )
     work = [
-        ToolCall("web_search", {"query": [f"q{i}"]})
+        ToolCall("web_search", {"query": [f"q{tag}{i}"]})
         if i % 2 == 0
-        else ToolCall("browse_webpage", {"url_list": [f"{url}/wiki/page-{i}.html"]})
+        else ToolCall("browse_webpage", {"url_list": [f"{url}/wiki/page{tag}-{i}.html"]})
         for i in range(calls)
     ]
     async with ToolExecutor(config) as tools:
@@ -171,6 +176,9 @@ def main() -> None:
         load = os.getloadavg()[0]
         plain = asyncio.run(_plain_httpx_run(url, args.calls, args.concurrency))
         measured, cpu, metrics = asyncio.run(_concurrency_run(url, args.calls, args.concurrency))
+        in_thread, _, _ = asyncio.run(
+            _concurrency_run(url, args.calls, args.concurrency, extract_workers=0, tag="t")
+        )
     finally:
         parent.send("stop")
         server.join(timeout=10)
@@ -184,6 +192,7 @@ def main() -> None:
         ("ideal time", f"{ideal:.3f} s ({args.calls / ideal:.0f} calls/s)"),
         ("measured time", f"{measured:.3f} s ({args.calls / measured:.0f} calls/s)"),
         ("efficiency (ideal/measured)", f"{ideal / measured:.3f}   (target >= 0.8)"),
+        ("same, extraction in a thread", f"{in_thread:.3f} s (eff. {ideal / in_thread:.3f})"),
         ("one plain httpx client, same requests", f"{plain:.3f} s (eff. {ideal / plain:.3f})"),
         ("executor CPU per call", f"{cpu / args.calls * 1e3:.2f} ms ({cpu / measured:.0%} core)"),
         ("load average before", f"{load:.1f} on {os.cpu_count()} cores"),

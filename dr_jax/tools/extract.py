@@ -39,7 +39,6 @@ def _from_html(body: bytes, url: str, text_format: str) -> tuple[str, str]:
     title = _html_title(tree)
     text = trafilatura.extract(
         tree,
-        url=url,
         output_format="markdown" if text_format == "markdown" else "txt",
         include_comments=False,
         include_tables=True,
