@@ -1,5 +1,18 @@
 """Web tools for research agents: search, browse with a reading agent, safe and cached.
 
+    executor.py      ToolExecutor: tool semantics, deadlines, observations; never raises
+    dispatch.py      cache -> in-flight de-dup -> per-host/global limits -> bounded retries
+    cache.py         SQLite cache shared by processes (TTL, replay) and an in-process LRU
+    search.py        backends: SearXNG / the offline world, Serper, local BM25 (+ index build)
+    fetch.py         HTTP with deadlines, byte cap, hand-followed and re-checked redirects
+    urlsafety.py     refuse private, loopback, link-local and metadata addresses
+    extract.py       HTML (trafilatura), PDF (pypdf) and text to readable text; windows
+    workers.py       extraction in subprocesses driven by the event loop
+    reader.py        the reading agent (OpenAI-compatible chat endpoint), its prompt
+    session.py       per-trajectory memory and latest search results
+    observations.py  compact JSON or DeepResearcher's Python-repr rendering
+    loopback.py      a small 127.0.0.1 HTTP server for tests, benchmarks and fault injection
+
 Names are imported on first use, so `dr_jax.tools.calls` or the extraction workers do not pay
 for httpx, trafilatura and the executor when they need none of them.
 """
