@@ -1,5 +1,6 @@
 """Web tools for research agents: search, browse with a reading agent, safe and cached.
 
+    config.py        ToolsConfig (and the DeepResearcher preset)
     executor.py      ToolExecutor: tool semantics, deadlines, observations; never raises
     dispatch.py      cache -> in-flight de-dup -> per-host/global limits -> bounded retries
     cache.py         SQLite cache shared by processes (TTL, replay) and an in-process LRU
@@ -11,7 +12,10 @@
     reader.py        the reading agent (OpenAI-compatible chat endpoint), its prompt
     session.py       per-trajectory memory and latest search results
     observations.py  compact JSON or DeepResearcher's Python-repr rendering
+    metrics.py       calls, errors by kind, retries, cache hits, latency percentiles
+    errors.py        ToolsSetupError (raised at start-up) and ToolError (observed)
     loopback.py      a small 127.0.0.1 HTTP server for tests, benchmarks and fault injection
+    __main__.py      python -m dr_jax.tools search | browse | index
 
 Names are imported on first use, so `dr_jax.tools.calls` or the extraction workers do not pay
 for httpx, trafilatura and the executor when they need none of them.
