@@ -126,18 +126,22 @@ class Attention(nnx.Module):
         mask: jax.Array,
         cache: KV | None = None,
         slots: jax.Array | None = None,
+        layer: jax.Array | None = None,
     ) -> tuple[jax.Array, KV | None]:
-        """x [B, T, D] -> [B, T, D]. With a cache, k/v of x are first written at slots i32[B, T]
-        (out-of-range slots are dropped) and the queries attend over the cache's S slots."""
+        """x [B, T, D] -> [B, T, D]. With the all-layer cache (k, v [L, B, S, Hkv, Dh]), k/v of x
+        are first written in place at (layer, slots i32[B, T]) (out-of-range slots are dropped)
+        and the queries attend over that layer's S slots."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             rows = jnp.arange(x.shape[0])[:, None]
-            k = cache[0].at[rows, slots].set(k.astype(cache[0].dtype), mode="drop")
-            v = cache[1].at[rows, slots].set(v.astype(cache[1].dtype), mode="drop")
-            cache = (k, v)
+            cache = (
+                cache[0].at[layer, rows, slots].set(k.astype(cache[0].dtype), mode="drop"),
+                cache[1].at[layer, rows, slots].set(v.astype(cache[1].dtype), mode="drop"),
+            )
+            k, v = cache[0][layer], cache[1][layer]
         return self.o_proj(attention(q, k, v, mask)), cache
 
 
@@ -159,8 +163,8 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed")
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, rope, mask, cache=None, slots=None):
-        h, cache = self.attn(self.input_norm(x), rope, mask, cache, slots)
+    def __call__(self, x, rope, mask, cache=None, slots=None, layer=None):
+        h, cache = self.attn(self.input_norm(x), rope, mask, cache, slots, layer)
         x = x + h
         return x + self.mlp(self.post_attn_norm(x)), cache
 
@@ -198,13 +202,16 @@ class Qwen(nnx.Module):
         rope = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
         graphdef, stacked = nnx.split(self.layers)
 
-        def block(x, layer_state_and_cache):
-            layer_state, layer_cache = layer_state_and_cache
-            return nnx.merge(graphdef, layer_state)(x, rope, mask, layer_cache, slots)
+        def block(carry, layer_state_and_index):
+            x, cache = carry  # the cache rides in the carry, so XLA updates it in place
+            layer_state, index = layer_state_and_index
+            layer = nnx.merge(graphdef, layer_state)
+            return layer(x, rope, mask, cache, slots, index), None
 
         if remat:
             block = jax.checkpoint(block)
-        x, cache = jax.lax.scan(block, x, (stacked, cache))
+        layers = (stacked, jnp.arange(self.config.num_layers))
+        (x, cache), _ = jax.lax.scan(block, (x, cache), layers)
         return self.norm(x), cache
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
