@@ -57,9 +57,11 @@ def build_sampler(
         return SGLangSampler(config.url)
     if policy is None:
         raise ValueError("--sampler.kind jax samples from a policy: build one with build_policy.")
+    # Qwen chat models end a turn with eos (<|im_end|>) and a document with <|endoftext|>.
+    stops = (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>"))
     return JaxSampler(
         policy,
-        eos_token_ids=(tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id),
+        eos_token_ids=tuple(dict.fromkeys(i for i in stops if i is not None)),
         max_batch_size=config.max_batch_size,
         max_seq_len=config.max_seq_len,
         tokenizer=tokenizer,
