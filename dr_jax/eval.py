@@ -96,16 +96,16 @@ class EvalConfig:
     """Seed of the offline world (its questions and, for --tools.search-backend world, its web)."""
     world_size: str = "default"
     """Offline world size: "tiny", "default" or a number of entities (as in training)."""
-    batch_size: int = 16
-    """Questions rolled out together (and written to samples.jsonl together)."""
+    concurrency: int = 16
+    """Questions in flight at once; each is written to samples.jsonl as soon as it finishes."""
     oracle: bool = False
     """Replay the world oracle's turns instead of sampling the policy (a pipeline check)."""
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}.")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}.")
+        if self.concurrency < 1:
+            raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}.")
         if self.tools_file and not self.system_prompt_file:
             raise ValueError("--tools-file goes with --system-prompt-file: pass both.")
 
@@ -327,6 +327,17 @@ def read_records(path: Path) -> dict[str, dict[str, Any]]:
     return {record["id"]: record for record in records}
 
 
+def write_in_order(path: Path, examples: Sequence[QAExample], done: dict[str, dict]) -> None:
+    """Rewrite samples.jsonl in dataset order (this run's questions first), atomically, so it
+    reads as a rollout file for `score_results` whatever order the questions finished in."""
+    selected = [e.id for e in examples]
+    order = selected + sorted(set(done) - set(selected))
+    temporary = path.with_suffix(".tmp")
+    text = "".join(json.dumps(done[i], ensure_ascii=False) + "\n" for i in order)
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
 def append_records(path: Path, records: Iterable[SampleRecord]) -> None:
     text = "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in records)
     with path.open("a") as f:
@@ -478,6 +489,7 @@ async def evaluate(
     done = read_records(samples_path)
     if any(e.id not in done for e in examples):
         await _run(config, world, sampler, examples, done, samples_path)
+        write_in_order(samples_path, examples, done)
     records = [done[e.id] for e in examples]
     return write_summary(out_dir, records, run_meta(config, time.perf_counter() - started))
 
@@ -490,7 +502,7 @@ async def _run(
     done: dict[str, dict[str, Any]],
     samples_path: Path,
 ) -> None:
-    """Roll out the examples not `done` in batches, appending each batch to samples.jsonl."""
+    """Roll out the examples not `done`, appending each record to samples.jsonl when ready."""
     todo = [e for e in examples if e.id not in done]
     template = config.template()
     tokenizer = build_tokenizer(config.policy)
@@ -518,40 +530,41 @@ async def _run(
         finished = len(examples) - len(todo)
         progress = stack.enter_context(tqdm(total=len(examples), initial=finished, unit="q"))
         f1_sum = sum(done[e.id]["f1"] for e in examples if e.id in done)
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start : start + config.batch_size]
-            records = await _evaluate_batch(agent, tokenizer, judge, batch, config.seed + start)
-            append_records(samples_path, records)
-            done.update((r.id, asdict(r)) for r in records)
-            f1_sum += sum(r.f1 for r in records)
-            progress.update(len(batch))
+        in_flight = asyncio.Semaphore(config.concurrency)
+        position = {e.id: i for i, e in enumerate(examples)}
+
+        async def evaluate_one(example: QAExample) -> SampleRecord:
+            async with in_flight:
+                seed = config.seed + position[example.id]
+                [trajectory] = await agent.rollout([example.question], n_samples=1, seed=seed)
+            return await score_trajectory(example, trajectory, tokenizer, judge)
+
+        for next_record in asyncio.as_completed([evaluate_one(e) for e in todo]):
+            record = await next_record
+            append_records(samples_path, [record])
+            done[record.id] = asdict(record)
+            f1_sum += record.f1
+            progress.update(1)
             progress.set_postfix(f1=f"{f1_sum / progress.n:.3f}")
 
 
-async def _evaluate_batch(
-    agent: Agent,
-    tokenizer: Any,
-    judge: Judge | None,
-    batch: list[QAExample],
-    seed: int,
-) -> list[SampleRecord]:
-    trajectories = await agent.rollout([e.question for e in batch], n_samples=1, seed=seed)
-    texts = [trajectory_text(tokenizer, t) for t in trajectories]
-    verdicts = await judge_all(judge, batch, texts)
-    return [
-        make_record(
-            example,
-            text,
-            verdict,
-            turns=t.num_turns,
-            tool_calls=t.num_tool_calls,
-            tokens=t.num_sampled,
-            context_tokens=t.num_tokens,
-            time_s=round(t.timings.get("total", 0.0), 3),
-            finish_reason=t.finish_reason,
-        )
-        for example, text, verdict, t in zip(batch, texts, verdicts, trajectories, strict=True)
-    ]
+async def score_trajectory(
+    example: QAExample, trajectory: Trajectory, tokenizer: Any, judge: Judge | None
+) -> SampleRecord:
+    """The record of one rolled-out question: its scores, the judge's verdict, its costs."""
+    text = trajectory_text(tokenizer, trajectory)
+    [verdict] = await judge_all(judge, [example], [text])
+    return make_record(
+        example,
+        text,
+        verdict,
+        turns=trajectory.num_turns,
+        tool_calls=trajectory.num_tool_calls,
+        tokens=trajectory.num_sampled,
+        context_tokens=trajectory.num_tokens,
+        time_s=round(trajectory.timings.get("total", 0.0), 3),
+        finish_reason=trajectory.finish_reason,
+    )
 
 
 # ---------------------------------------------------------------------------------- score

@@ -87,7 +87,7 @@ def test_a_stopped_run_resumes_without_redoing_finished_questions(world, tmp_pat
     first = (tmp_path / SAMPLES).read_text()
     with (tmp_path / SAMPLES).open("a") as f:
         f.write('{"id": "world0_1hop_3", "f1": 0.')  # killed mid-write
-    summary = asyncio.run(evaluate(oracle_config(tmp_path, limit=5, batch_size=2), world))
+    summary = asyncio.run(evaluate(oracle_config(tmp_path, limit=5, concurrency=2), world))
     text = (tmp_path / SAMPLES).read_text()
     assert text.startswith(first) and len(text.splitlines()) == 5
     assert len({r["id"] for r in samples(tmp_path)}) == 5
