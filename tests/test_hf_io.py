@@ -173,3 +173,12 @@ def test_load_on_a_mesh_places_each_shard_and_keeps_values(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+def test_saved_directory_carries_the_tokenizer(qwen_tokenizer, tmp_path):
+    directory = save_hf(random_hf_model("qwen2-mha-tied"), tmp_path / "hf")
+    save_pretrained(load_pretrained(directory), tmp_path / "ours", tokenizer=qwen_tokenizer)
+    loaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "ours")
+    text = "<|im_start|>user\nWho wrote Dune?<|im_end|>"
+    assert loaded.encode(text) == qwen_tokenizer.encode(text)
+    assert loaded.chat_template == qwen_tokenizer.chat_template

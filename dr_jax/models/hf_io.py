@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -159,10 +160,12 @@ def save_pretrained(
     *,
     dtype=jnp.float32,
     max_shard_bytes: int = 4 << 30,
+    tokenizer: Any = None,
 ) -> Path:
     """Writes `config.json` and HF-named safetensors (sharded above max_shard_bytes, with an
     index) that `transformers.AutoModelForCausalLM.from_pretrained` loads. dtype=jnp.bfloat16
-    halves the files (e.g. for an SGLang weight sync). Returns the directory."""
+    halves the files (e.g. for an SGLang weight sync); a transformers `tokenizer` is saved
+    beside them, making the directory a complete model a server can start from. Returns it."""
     directory = Path(path)
     np_dtype = np.dtype(dtype)
     entries = []
@@ -182,6 +185,8 @@ def save_pretrained(
     directory.mkdir(parents=True, exist_ok=True)
     config = policy.config.to_hf(dtype=np_dtype.name)
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
     if len(shards) == 1:
         write_safetensors(directory / "model.safetensors", shards[0])
         (directory / _INDEX).unlink(missing_ok=True)
