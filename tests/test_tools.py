@@ -374,6 +374,8 @@ def test_config_errors_name_the_fix():
         ToolsConfig.deepresearcher()
     with pytest.raises(ValueError, match="set cache_path"):
         ToolsConfig(replay=True)
+    with pytest.raises(ValueError, match="call_timeout must be > 0"):
+        ToolsConfig(call_timeout=0)
     preset = ToolsConfig.deepresearcher(reader_url="http://h/v1", reader_model="m")
     assert preset.browse_latest_search_only and preset.max_queries == 3 and preset.top_k == 10
 

@@ -125,6 +125,16 @@ class ToolsConfig:
             raise ValueError("per_host must be >= 1; retries and extract_workers >= 0")
         if self.memory_cache_entries < 0:
             raise ValueError("memory_cache_entries must be >= 0")
+        for name in (
+            "connect_timeout",
+            "read_timeout",
+            "request_timeout",
+            "call_timeout",
+            "reader_timeout",
+            "extract_timeout",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         object.__setattr__(self, "allow_hosts", tuple(self.allow_hosts))
 
     @classmethod
