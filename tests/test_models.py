@@ -238,3 +238,39 @@ def test_flops_count_every_matmul_weight_and_causal_attention(qwen3_pair):
     flops = training_flops_per_token(config, 100)
     assert flops == 6 * (kernels + lm_head) + per_key * 100
     assert training_flops_per_token(config, 100, causal=False) == flops + per_key * 100
+
+
+QWEN25_7B_INSTRUCT = {  # config.json as released (transformers 4.x field names)
+    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 3584,
+    "initializer_range": 0.02, "intermediate_size": 18944, "max_position_embeddings": 32768,
+    "max_window_layers": 28, "model_type": "qwen2", "num_attention_heads": 28,
+    "num_hidden_layers": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0, "sliding_window": 131072, "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False,
+    "vocab_size": 152064,
+}  # fmt: skip
+QWEN3_8B = {
+    "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "bos_token_id": 151643,
+    "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 4096,
+    "intermediate_size": 12288, "max_position_embeddings": 40960, "max_window_layers": 36,
+    "model_type": "qwen3", "num_attention_heads": 32, "num_hidden_layers": 36,
+    "num_key_value_heads": 8, "rms_norm_eps": 1e-06, "rope_scaling": None,
+    "rope_theta": 1000000, "sliding_window": None, "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16", "use_sliding_window": False, "vocab_size": 151936,
+}  # fmt: skip
+
+
+def test_released_qwen_configs_are_read():
+    qwen25 = ModelConfig.from_hf(QWEN25_7B_INSTRUCT)
+    assert (qwen25.head_dim, qwen25.num_kv_heads, qwen25.rope_theta) == (128, 4, 1e6)
+    assert qwen25.qkv_bias and not qwen25.qk_norm and not qwen25.tie_word_embeddings
+    qwen3 = ModelConfig.from_hf(QWEN3_8B)
+    assert (qwen3.head_dim, qwen3.num_layers, qwen3.model_type) == (128, 36, "qwen3")
+    assert qwen3.qk_norm and not qwen3.qkv_bias
+
+
+def test_flops_of_qwen25_7b_match_its_published_size():
+    """Qwen2.5-7B has 6.53B non-embedding parameters; the LM head adds 3584 x 152064."""
+    config = ModelConfig.from_hf(QWEN25_7B_INSTRUCT)
+    assert abs(matmul_params(config) - (6.53e9 + 3584 * 152064)) / 7.07e9 < 0.005
