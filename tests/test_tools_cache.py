@@ -113,14 +113,16 @@ def test_without_a_cache_file_repeats_in_one_process_are_served_from_memory(web)
     assert metrics["requests"] == 2 and metrics["cache_hits"] == 2
 
 
-def test_memory_cache_keeps_the_most_recently_used_entries():
-    memory = MemoryCache(entries=2)
-    memory.put("page", "a", "A")
-    memory.put("page", "b", "B")
-    assert memory.get("page", "a", ttl=None) == "A"  # "a" is now the most recent
-    memory.put("page", "c", "C")
+def test_memory_cache_keeps_the_most_recently_used_values_within_its_size():
+    memory = MemoryCache(max_chars=10)
+    memory.put("page", "a", "AAAA")
+    memory.put("page", "b", "BBBB")
+    assert memory.get("page", "a", ttl=None) == "AAAA"  # "a" is now the most recent
+    memory.put("page", "c", "CCCC")  # 12 characters: the least recent ("b") goes
     assert memory.get("page", "b", ttl=None) is None
-    assert memory.get("page", "a", ttl=None) == "A" and memory.get("page", "c", ttl=60) == "C"
+    assert memory.get("page", "a", ttl=None) == "AAAA" and memory.get("page", "c", ttl=60) == "CCCC"
+    memory.put("page", "huge", "x" * 11)  # larger than the whole cache: not kept
+    assert memory.get("page", "huge", ttl=None) is None and memory.get("page", "a", ttl=None)
 
 
 def test_identical_concurrent_requests_are_made_once(web, tmp_path):

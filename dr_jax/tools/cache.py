@@ -68,11 +68,13 @@ class ToolCache:
 
 
 class MemoryCache:
-    """The most recently used `entries` values in this process, with the same TTL rule as
-    ToolCache: the 16 samples of one question mostly search and browse the same things."""
+    """The most recently used values in this process, at most `max_chars` characters in all,
+    with the same TTL rule as ToolCache: the 16 samples of one question mostly search and
+    browse the same things."""
 
-    def __init__(self, entries: int) -> None:
-        self._entries = entries
+    def __init__(self, max_chars: int) -> None:
+        self._max_chars = max_chars
+        self._chars = 0
         self._items: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
 
     def get(self, kind: str, key: str, ttl: float | None) -> str | None:
@@ -83,7 +85,13 @@ class MemoryCache:
         return item[0]
 
     def put(self, kind: str, key: str, value: str) -> None:
+        old = self._items.pop((kind, key), None)
+        if old is not None:
+            self._chars -= len(old[0])
+        if len(value) > self._max_chars:
+            return
         self._items[(kind, key)] = (value, time.time())
-        self._items.move_to_end((kind, key))
-        while len(self._items) > self._entries:
-            self._items.popitem(last=False)
+        self._chars += len(value)
+        while self._chars > self._max_chars:
+            _, (evicted, _) = self._items.popitem(last=False)
+            self._chars -= len(evicted)
