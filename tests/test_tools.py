@@ -19,6 +19,7 @@ from dr_jax.tools.observations import (
     browse_observation,
     search_observation,
 )
+from dr_jax.tools.reader import ReaderReply, parse_reply
 from dr_jax.tools.search import SearchHit, build_index
 from dr_jax.tools.urlsafety import check_url
 
@@ -271,6 +272,20 @@ def test_a_deepresearcher_style_prompt_file_can_replace_the_prompt(web, tmp_path
     (_, text), _ = _calls(config, [_search("facts"), _browse(f"{web.server.url}/page2")])
     assert json.loads(text)[0]["notes"] == [{"page": 0, "info": "Page 2 window fact 0"}]
     assert web.prompts[0].startswith("Q: Which facts?\nSub: facts\nSo far: \nPage 1 of ")
+
+
+@pytest.mark.parametrize(
+    ("reply", "info", "read_next"),
+    [
+        ("<new_info>Born 1902.</new_info>\n<read_next>Yes.</read_next>", "Born 1902.", True),
+        ("<extracted_info> a </extracted_info><page_down>no</page_down>", "a", False),
+        ("<new_info>cut off mid-sentence", "cut off mid-sentence", False),
+        ("<new_info>x</new_info> <read_next>", "x", False),
+        ("I could not find anything.", "", False),
+    ],
+)
+def test_reader_replies_are_parsed_leniently(reply, info, read_next):
+    assert parse_reply(reply) == ReaderReply(info, read_next)
 
 
 def test_reader_mode_none_returns_raw_windows_within_the_page_budget(web):
