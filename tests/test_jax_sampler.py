@@ -29,6 +29,7 @@ def sampler(policy):
 
 def make_sampler(policy, **kwargs) -> JaxSampler:
     """Every test sampler has the same shapes, so they share compilations."""
+    kwargs = {"min_prefill_bucket": 128, **kwargs}
     return JaxSampler(policy, max_batch_size=2, max_seq_len=128, decode_chunk=4, **kwargs)
 
 

@@ -9,7 +9,7 @@ row that stops mid-chunk just stops writing. One long trajectory therefore never
 other slots: they are refilled as soon as their request ends.
 
 Sampling per row: z = logits / T; the token is drawn from softmax(z) truncated by top-k / top-p
-(inverse CDF with one uniform per row; greedy = argmax when T = 0), and its log-prob is
+(a two-level inverse CDF with one uniform per row; greedy = argmax when T = 0), and its log-prob is
 log softmax(z)[token] of the untruncated distribution (T = 1 for greedy), which is what
 `losses.token_logprobs(logits, tokens, T)` computes in training. The uniform of a row's n-th
 token comes from fold_in(PRNGKey(request seed), n): same seed, same tokens, whichever slot or
@@ -26,6 +26,7 @@ import functools
 import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import astuple
 from typing import Any
 
 import jax
@@ -39,6 +40,7 @@ from dr_jax.rollout.sampler import SampleResult, SamplingParams
 from dr_jax.sharding import BATCH_AXES, batch_divisor
 
 MAX_STOP_IDS = 8  # stop ids per row on device (eos ids + the request's own)
+CDF_BLOCK = 1024  # vocabulary block of the two-level inverse-CDF draw
 
 
 @jax.tree_util.register_dataclass
@@ -89,31 +91,70 @@ def truncate_logprobs(logp: jax.Array, top_p: jax.Array, top_k: jax.Array) -> ja
     return jnp.where(logp >= threshold, logp, -jnp.inf)
 
 
+def draw(weights: jax.Array, u: jax.Array, block: int = CDF_BLOCK) -> jax.Array:
+    """Inverse-CDF draw: for weights f32[B, V] >= 0 and u f32[B] in (0, 1), the first index i
+    with sum(weights[:i+1]) >= u * sum(weights), always one of positive weight.
+
+    Two levels (block sums, then one block) instead of a cumsum over V: a V-long scan costs
+    several passes on CPU, this costs one.
+    """
+    batch, vocab = weights.shape
+    pad = -vocab % block
+    w = jnp.pad(weights, ((0, 0), (0, pad))).reshape(batch, -1, block)
+    mass = w.sum(-1)  # [B, V / block]
+    upto = jnp.cumsum(mass, axis=-1)
+    target = u * upto[:, -1]
+    b = jnp.argmax(upto >= target[:, None], axis=-1)
+    before = jnp.where(b > 0, jnp.take_along_axis(upto, (b - 1)[:, None], -1)[:, 0], 0.0)
+    inner = before[:, None] + jnp.cumsum(jnp.take_along_axis(w, b[:, None, None], 1)[:, 0], -1)
+    j = jnp.argmax(inner >= jnp.minimum(target, inner[:, -1])[:, None], axis=-1)
+    return (b * block + j).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    """Which costly sampling paths a call compiles in (static: at most four variants)."""
+
+    truncate: bool = False  # some row samples with top-p < 1 or top-k > 0
+    greedy: bool = False  # some row decodes greedily (a V-wide argmax is slow on CPU)
+
+
 def sample_tokens(
     logits: jax.Array,
     keys: jax.Array,
     temperature: jax.Array,
     top_p: jax.Array,
     top_k: jax.Array,
+    paths: Paths = Paths(truncate=True, greedy=True),
 ) -> tuple[jax.Array, jax.Array]:
-    """logits f32[B, V], raw keys u32[B, 2] -> (tokens i32[B], log-probs f32[B]) (module doc)."""
+    """logits f32[B, V], raw keys u32[B, 2] -> (tokens i32[B], log-probs f32[B]) (module doc).
+
+    `paths` may leave out truncation or argmax when no row needs them."""
     greedy = temperature <= 0
     z = logits.astype(jnp.float32) / jnp.where(greedy, 1.0, temperature)[:, None]
-    logp = jax.nn.log_softmax(z, axis=-1)
-    needs_cut = jnp.any(~greedy & ((top_p < 1) | (top_k > 0)))
-    cut = jax.lax.cond(needs_cut, truncate_logprobs, lambda lp, p, k: lp, logp, top_p, top_k)
+    top = jnp.max(z, axis=-1, keepdims=True)
+    weights = jnp.exp(z - top)  # softmax(z) up to its normaliser
+    lse = top[:, 0] + jnp.log(jnp.sum(weights, axis=-1))
+    if paths.truncate:
+        kept = jnp.isfinite(truncate_logprobs(z - lse[:, None], top_p, top_k))
+        weights = jnp.where(kept | greedy[:, None], weights, 0.0)
     tiny = jnp.finfo(jnp.float32).tiny
     u = jax.vmap(lambda k: jax.random.uniform(k, (), minval=tiny, maxval=1.0))(keys)
-    cdf = jnp.cumsum(jnp.exp(cut - jnp.max(cut, axis=-1, keepdims=True)), axis=-1)
-    drawn = jnp.argmax(cdf >= u[:, None] * cdf[:, -1:], axis=-1)
-    tokens = jnp.where(greedy, jnp.argmax(logp, axis=-1), drawn).astype(jnp.int32)
-    return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+    tokens = draw(weights, u)
+    if paths.greedy:
+        tokens = jnp.where(greedy, jnp.argmax(z, axis=-1), tokens)
+    tokens = tokens.astype(jnp.int32)
+    return tokens, jnp.take_along_axis(z, tokens[:, None], axis=-1)[:, 0] - lse
 
 
-def _emit(slots: Slots, logits: jax.Array, rows: jax.Array) -> tuple[Slots, jax.Array, jax.Array]:
+def _emit(
+    slots: Slots, logits: jax.Array, rows: jax.Array, paths: Paths
+) -> tuple[Slots, jax.Array, jax.Array]:
     """Samples the next token of `rows` bool[B]; returns slots, tokens (-1 off rows), log-probs."""
     keys = jax.vmap(jax.random.fold_in)(slots.key, slots.count)
-    tokens, logprobs = sample_tokens(logits, keys, slots.temperature, slots.top_p, slots.top_k)
+    tokens, logprobs = sample_tokens(
+        logits, keys, slots.temperature, slots.top_p, slots.top_k, paths
+    )
     count = slots.count + rows
     stopped = jnp.any(tokens[:, None] == slots.stop_ids, axis=-1) | (count >= slots.max_new)
     slots = dataclasses.replace(
@@ -125,8 +166,8 @@ def _emit(slots: Slots, logits: jax.Array, rows: jax.Array) -> tuple[Slots, jax.
     return slots, jnp.where(rows, tokens, -1), logprobs
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4), donate_argnums=2)
-def _decode(policy: Policy, params, cache: KVCache, slots: Slots, steps: int):
+@functools.partial(jax.jit, static_argnums=(0, 4, 5), donate_argnums=2)
+def _decode(policy: Policy, params, cache: KVCache, slots: Slots, steps: int, paths: Paths):
     """`steps` decode steps: write each active row's pending token, sample the next one.
     Returns the cache, slots, tokens i32[steps, B] (-1 where idle) and log-probs f32[steps, B].
     Compiled once per (policy, shapes): every sampler over the same policy shares it."""
@@ -136,15 +177,17 @@ def _decode(policy: Policy, params, cache: KVCache, slots: Slots, steps: int):
         logits, cache = policy.extend(
             params, cache, slots.pending[:, None], slots.active.astype(jnp.int32)
         )
-        slots, tokens, logprobs = _emit(slots, logits, slots.active)
+        slots, tokens, logprobs = _emit(slots, logits, slots.active, paths)
         return (cache, slots), (tokens, logprobs)
 
     (cache, slots), (tokens, logprobs) = jax.lax.scan(step, (cache, slots), length=steps)
     return cache, slots, tokens, logprobs
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7, 8), donate_argnums=2)
-def _prefill(policy: Policy, params, cache: KVCache, slots: Slots, rows, tokens, lengths, n, chunk):
+@functools.partial(jax.jit, static_argnums=(0, 7, 8, 9), donate_argnums=2)
+def _prefill(
+    policy: Policy, params, cache: KVCache, slots: Slots, rows, tokens, lengths, n, chunk, paths
+):
     """Prefills prompts tokens i32[b, n] (right-padded, lengths i32[b]) on a fresh [b, n] cache
     in chunks, copies it into cache rows `rows` i32[b] (B = padding, dropped) and samples each
     row's first token. Returns cache, slots, tokens i32[B] (-1 elsewhere), log-probs f32[B]."""
@@ -166,7 +209,7 @@ def _prefill(policy: Policy, params, cache: KVCache, slots: Slots, rows, tokens,
     cache = KVCache(k, v, cache.lengths.at[rows].set(lengths, mode="drop"))
     logits = jnp.zeros((batch, last.shape[-1]), jnp.float32).at[rows].set(last, mode="drop")
     fresh = jnp.zeros(batch, bool).at[rows].set(True, mode="drop")
-    slots, first, logprobs = _emit(slots, logits, fresh)
+    slots, first, logprobs = _emit(slots, logits, fresh, paths)
     return cache, slots, first, logprobs
 
 
@@ -391,18 +434,22 @@ class JaxSampler:
         while True:
             admitted = self._admit()
             longest = max((len(self._rows[row].prompt) for row in admitted), default=0)
-            mine = np.array([len(admitted), longest, any(self._rows), self._leaving], np.int32)
+            paths = self._paths()
+            mine = np.array(
+                [len(admitted), longest, any(self._rows), self._leaving, *astuple(paths)], np.int32
+            )
             everyone = await asyncio.to_thread(multihost_utils.process_allgather, mine)
-            counts, lengths, busy, leaving = np.asarray(everyone).reshape(-1, 4).T
+            counts, lengths, busy, leaving, *flags = np.asarray(everyone).reshape(-1, 6).T
+            paths = Paths(*(bool(flag.any()) for flag in flags))
             if leaving.all() and not counts.any() and not busy.any():
                 return
             try:
                 if counts.any():
                     b = max(_bucket(int(counts.max()), 1), self.shards // jax.process_count(), 1)
                     n = _bucket(int(lengths.max()), self.min_bucket)
-                    await self._run_prefill(admitted, b, n)
+                    await self._run_prefill(admitted, b, n, paths)
                 if counts.any() or busy.any():
-                    await self._run_decode()
+                    await self._run_decode(paths)
                 else:
                     await asyncio.sleep(0.005)
             except Exception as err:
@@ -430,7 +477,17 @@ class JaxSampler:
             admitted.append(row)
         return admitted
 
-    async def _run_prefill(self, admitted: list[int], b: int, n: int) -> None:
+    def _paths(self) -> Paths:
+        """The sampling paths the occupied rows need."""
+        busy = np.array([request is not None for request in self._rows])
+        s = self._slots
+        greedy = busy & (s.temperature <= 0)
+        truncate = busy & ~greedy & ((s.top_p < 1) | (s.top_k > 0))
+        return Paths(truncate=bool(truncate.any()), greedy=bool(greedy.any()))
+
+    async def _run_prefill(
+        self, admitted: list[int], b: int, n: int, paths: Paths | None = None
+    ) -> None:
         """Prefills this process's `admitted` rows as `b` bucketed entries of width `n`."""
         chunk = min(n, self.prefill_chunk)
         rows = np.full(b, self.batch, np.int32)  # out of range: dropped
@@ -441,20 +498,26 @@ class JaxSampler:
             rows[i], tokens[i, : len(prompt)], lengths[i] = self._owned[row], prompt, len(prompt)
         slots = jax.tree.map(self._to_global, self._slots)
         inputs = self._to_global(rows), self._to_global(tokens), self._to_global(lengths)
+        paths = self._paths() if paths is None else paths
 
         def call():
-            cache, *out = _prefill(self.policy, self.params, self._cache, slots, *inputs, n, chunk)
+            cache, *out = _prefill(
+                self.policy, self.params, self._cache, slots, *inputs, n, chunk, paths
+            )
             return cache, jax.tree.map(self._to_local, out)
 
         self._cache, (slots, first, logprobs) = await asyncio.to_thread(call)
         self.stats["prefill_calls"] += 1
         self._take(slots, first[None], logprobs[None])
 
-    async def _run_decode(self) -> None:
+    async def _run_decode(self, paths: Paths | None = None) -> None:
         slots = jax.tree.map(self._to_global, self._slots)
+        paths = self._paths() if paths is None else paths
 
         def call():
-            cache, *out = _decode(self.policy, self.params, self._cache, slots, self.decode_chunk)
+            cache, *out = _decode(
+                self.policy, self.params, self._cache, slots, self.decode_chunk, paths
+            )
             slots_out, tokens, logprobs = out
             local = jax.tree.map(self._to_local, slots_out)
             return cache, (local, self._to_local(tokens, 1), self._to_local(logprobs, 1))

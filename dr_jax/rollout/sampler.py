@@ -79,14 +79,14 @@ class Sampler(Protocol):
 LOGPROB_CHUNK = 128  # positions unembedded at once by `policy_logprobs` ([128, V] logits)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _policy_logprobs(policy: Any, params: Any, tokens: jax.Array, temperature: float):
+@functools.partial(jax.jit, static_argnums=0)
+def _policy_logprobs(policy: Any, params: Any, tokens: jax.Array, temperature: jax.Array):
     hidden = policy.apply(params, tokens[None], return_hidden=True)[0]  # [W, D]
     targets = jnp.roll(tokens, -1)  # position t predicts tokens[t + 1]
 
     def chunk(args):
         h, y = args
-        return token_logprobs(policy.unembed(params, h), y, temperature)
+        return token_logprobs(policy.unembed(params, h) / temperature, y)
 
     width, dim = hidden.shape
     shape = (width // LOGPROB_CHUNK, LOGPROB_CHUNK)
@@ -102,7 +102,7 @@ def policy_logprobs(policy: Any, tokens: Sequence[int], temperature: float = 1.0
     width = max(LOGPROB_CHUNK, 1 << (n - 1).bit_length())
     padded = np.zeros(width, np.int32)
     padded[:n] = tokens
-    out = _policy_logprobs(policy, policy.params, jnp.asarray(padded), float(temperature))
+    out = _policy_logprobs(policy, policy.params, jnp.asarray(padded), jnp.float32(temperature))
     return np.asarray(out)[:n]
 
 
