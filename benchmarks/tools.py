@@ -14,6 +14,7 @@
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
@@ -45,7 +46,13 @@ def _article(n: int) -> bytes:
 
 
 def _serve(latency: float, pipe) -> None:
-    """Child process: a SearXNG-shaped search endpoint and pages, each reply after `latency`."""
+    """Child process: a SearXNG-shaped search endpoint and pages, each reply after `latency`.
+
+    It stands in for the remote web, so it runs in its own session (its own scheduling group
+    on Linux) instead of sharing the measured process's CPU share on a busy machine.
+    """
+    os.setsid()
+    article = functools.lru_cache(maxsize=None)(_article)
 
     async def handle(request: Request) -> Reply:
         if request.path == "/search":
@@ -56,7 +63,7 @@ def _serve(latency: float, pipe) -> None:
             ]
             body = json.dumps({"query": q, "number_of_results": 10, "results": results})
             return Reply(body=body.encode(), content_type="application/json", delay=latency)
-        return Reply(body=_article(len(request.path)), delay=latency)
+        return Reply(body=article(len(request.path)), delay=latency)
 
     server = LoopbackServer(handle)
     with server:
