@@ -355,11 +355,17 @@ class OracleSampler:
     turns are correct by construction. Replayed through the agent, tools and scorer, they must
     score F1 ≈ 1: a check that the pipeline scores what it should. The oracle solves a question
     the first time it is asked, with the same tools the agent uses (same world server, so the
-    same URLs and observations); turn k of a conversation gets the oracle's turn k.
+    same URLs and observations) and the same turn budget; turn k of a conversation gets the
+    oracle's turn k.
     """
 
     def __init__(
-        self, world: World, tokenizer: Any, tools: ToolExecutor, template: PromptTemplate
+        self,
+        world: World,
+        tokenizer: Any,
+        tools: ToolExecutor,
+        template: PromptTemplate,
+        max_turns: int = 10,
     ) -> None:
         if tools.config.search_backend != WORLD or not tools.config.search_url:
             raise ValueError("the oracle replays the world: use --tools.search-backend world")
@@ -367,6 +373,7 @@ class OracleSampler:
         self._tokenizer = tokenizer
         self._tools = tools
         self._prefix = template.generation_prefix
+        self._max_turns = max_turns
         self._solved: dict[str, asyncio.Task[Demonstration]] = {}
 
     async def generate(
@@ -381,9 +388,9 @@ class OracleSampler:
         if question not in self._questions:
             raise ValueError(f"the oracle knows only world questions, not {question!r}")
         if question not in self._solved:
-            self._solved[question] = asyncio.ensure_future(
-                oracle_solve(self._questions[question], self._tools, self._tools.config.search_url)
-            )
+            url = self._tools.config.search_url
+            solving = oracle_solve(self._questions[question], self._tools, url, self._max_turns)
+            self._solved[question] = asyncio.ensure_future(solving)
         turns = (await self._solved[question]).turns
         turn = turns[min(text.count(ASSISTANT_TURN) - 1, len(turns) - 1)][0]
         reply = turn.removeprefix(self._prefix) + END_OF_TURN
@@ -511,7 +518,7 @@ async def _run(
         judge = await stack.enter_async_context(optional_judge(config.judge))
         if config.oracle:
             assert world is not None
-            sampler = OracleSampler(world, tokenizer, tools, template)
+            sampler = OracleSampler(world, tokenizer, tools, template, config.max_turns)
         elif sampler is None:
             policy = build_policy(config.policy) if config.sampler.kind == "jax" else None
             sampler = build_sampler(config.sampler, policy, tokenizer)
