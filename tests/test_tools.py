@@ -1,6 +1,7 @@
 """Tool semantics: URL safety, windows, observation formats, search rules, the reading agent,
 the search backends and the command line."""
 
+import ast
 import asyncio
 import json
 import logging
@@ -223,7 +224,7 @@ def test_deepresearcher_mode_silently_skips_urls_outside_the_latest_search(web):
     page0 = f"{web.server.url}/page0"
     (search, browse), _ = _calls(config, [_search("facts"), _browse(f"{page0}x", page0)])
     assert search.startswith("[{'search_query': 'facts', 'web_page_info_list': [{'quick_summary'")
-    (item,) = eval(browse)  # a Python repr, exactly as the original rendered it
+    (item,) = ast.literal_eval(browse)  # a Python repr, as the original rendered it
     assert list(item) == ["information", "url"] and item["url"] == page0
     assert list(item["information"][0]) == ["page_number", "page_summary"]
 
@@ -272,6 +273,31 @@ def test_a_deepresearcher_style_prompt_file_can_replace_the_prompt(web, tmp_path
     (_, text), _ = _calls(config, [_search("facts"), _browse(f"{web.server.url}/page2")])
     assert json.loads(text)[0]["notes"] == [{"page": 0, "info": "Page 2 window fact 0"}]
     assert web.prompts[0].startswith("Q: Which facts?\nSub: facts\nSo far: \nPage 1 of ")
+
+
+def test_deepresearcher_preset_renders_reader_notes_like_the_original(web):
+    config = ToolsConfig.deepresearcher(
+        search_backend="searxng",
+        search_url=web.server.url,
+        reader_url=f"{web.server.url}/v1",
+        reader_model="fake",
+        allow_hosts=("127.0.0.1",),
+        extract_workers=0,
+        window_chars=500,
+        page_budget=2,
+    )
+    page0 = f"{web.server.url}/page0"
+    (_, browse), _ = _calls(config, [_search("facts"), _browse(page0)])
+    assert ast.literal_eval(browse) == [  # a Python repr with sorted keys, pages from 0
+        {
+            "information": [
+                {"page_number": 0, "page_summary": "Page 0 window fact 0"},
+                {"page_number": 1, "page_summary": "Page 0 window fact 1"},
+            ],
+            "url": page0,
+        }
+    ]
+    assert browse.startswith("[{'information': [{'page_number': 0, 'page_summary': 'Page 0")
 
 
 @pytest.mark.parametrize(
