@@ -56,6 +56,15 @@ TOOL_RESPONSE = "<|im_start|>user\n<tool_response>"
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 WORLD = "world"
 PAPER_ORDER = ("nq", "tq", "hotpotqa", "2wiki", "musique", "Bamboogle", "popqa")
+PAPER_RESULTS = {  # DeepResearcher-7B, paper Tables 1-2: (F1 %, MBE judge %)
+    "nq": (39.6, 61.9),
+    "tq": (78.4, 85.0),
+    "hotpotqa": (52.8, 64.3),
+    "2wiki": (59.7, 66.6),
+    "musique": (27.1, 29.3),
+    "Bamboogle": (71.0, 72.8),
+    "popqa": (48.5, 52.7),
+}
 SAMPLES, SUMMARY_JSON, SUMMARY_MD, RUN = "samples.jsonl", "summary.json", "summary.md", "run.json"
 METRICS = ("f1", "em", "judge", "turns", "tool_calls", "tokens")
 
@@ -278,19 +287,28 @@ def _paper_order(source: str) -> tuple[int, str]:
 
 
 def render_markdown(rows: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
-    """The summary as a Markdown table (scores in %, like the paper) under a settings list."""
+    """The summary as a Markdown table (scores in %, like the paper) under a settings list.
+
+    On the paper's benchmarks, DeepResearcher-7B's reported F1 and judge accuracy (Tables 1-2)
+    are shown beside ours.
+    """
+    paper = any(source in PAPER_RESULTS for source in rows)
+    reference = dict(PAPER_RESULTS)
+    if set(rows) - {"average"} == set(PAPER_RESULTS):  # all seven: the paper's macro average too
+        columns = zip(*PAPER_RESULTS.values(), strict=True)
+        reference["average"] = tuple(sum(c) / len(c) for c in columns)
     lines = ["# Evaluation summary", ""]
     lines += [f"- {key}: {value}" for key, value in meta.items()]
-    lines += [
-        "",
-        "| Dataset | N | F1 | EM | Judge | Turns | Tool calls | Tokens |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    header = ["Dataset", "N", "F1", "EM", "Judge", "Turns", "Tool calls", "Tokens"]
+    header += ["Paper F1", "Paper judge"] if paper else []
+    lines += ["", "| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     for source, row in rows.items():
         cells = [source if source != "average" else "**average**", str(row["n"])]
         cells += [_cell(row[m], 100, ".1f") for m in ("f1", "em", "judge")]
         cells += [_cell(row["turns"], 1, ".2f"), _cell(row["tool_calls"], 1, ".2f")]
         cells.append(_cell(row["tokens"], 1, ".0f"))
+        if paper:
+            cells += [_cell(v, 1, ".1f") for v in reference.get(source, (None, None))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -162,3 +162,14 @@ def test_score_refuses_rows_out_of_dataset_order(small_test_set, tmp_path):
     with pytest.raises(ValueError, match=r"11 rows but .* 12 questions"):
         results.write_text(json.dumps(rows[:11]))
         load_launcher().main(["score", str(results), "--dataset", str(path)])
+
+
+def test_the_papers_numbers_stand_beside_ours_on_its_benchmarks():
+    records = [{"data_source": s, "f1": 0.5, "em": 0.0, "judge": None, "judge_source": None,
+                "turns": 1, "tool_calls": 0, "tokens": 5} for s in SOURCES]  # fmt: skip
+    table = render_markdown(summarize(records), {})
+    assert "| Paper F1 | Paper judge |" in table
+    assert "| hotpotqa | 1 | 50.0 | 0.0 | — | 1.00 | 0.00 | 5 | 52.8 | 64.3 |" in table
+    assert "| **average** | 7 | 50.0 | 0.0 | — | 1.00 | 0.00 | 5 | 53.9 | 61.8 |" in table
+    world_only = [{**records[0], "data_source": "world_1hop"}]
+    assert "Paper" not in render_markdown(summarize(world_only), {})
