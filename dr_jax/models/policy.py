@@ -44,13 +44,14 @@ def _cast(params: nnx.State, dtype) -> nnx.State:
     )
 
 
-def _forward(graphdef, dtype, remat, params, tokens, attention_mask, return_hidden):
+def _forward(graphdef, dtype, remat, chunk, params, tokens, attention_mask, return_hidden):
     model = nnx.merge(graphdef, _cast(params, dtype))
     length = tokens.shape[1]
     valid = jnp.ones(tokens.shape, bool) if attention_mask is None else attention_mask.astype(bool)
     positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
     causal = jnp.tril(jnp.ones((length, length), bool))
-    hidden, _ = model(tokens, positions, causal[None] & valid[:, None, :], remat=remat)
+    mask = causal[None] & valid[:, None, :]
+    hidden, _ = model(tokens, positions, mask, remat=remat, attention_chunk=chunk)
     return hidden if return_hidden else model.unembed(hidden)
 
 
@@ -70,19 +71,24 @@ def _extend(graphdef, dtype, params, cache: KVCache, tokens, num_new):
     return logits, KVCache(k, v, cache.lengths + num_new)
 
 
-_forward_jit = jax.jit(_forward, static_argnums=(0, 1, 2, 6))
+_forward_jit = jax.jit(_forward, static_argnums=(0, 1, 2, 3, 7))
 _extend_jit = jax.jit(_extend, static_argnums=(0, 1))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Policy:
-    """A Qwen causal LM: `config`, f32 master `params` (nnx.State), compute `dtype`, `remat`."""
+    """A Qwen causal LM: `config` and f32 master `params` (nnx.State), with how to run it.
+
+    bf16 compute (dtype=jnp.bfloat16) keeps f32 params and f32 logits; on the tiny random test
+    models its logits stay within 0.05 + 0.02 * max|logits| of f32 compute (measured ~0.06).
+    """
 
     config: ModelConfig
     graphdef: nnx.GraphDef
     params: nnx.State
-    dtype: Any = jnp.float32
-    remat: bool = False
+    dtype: Any = jnp.float32  # compute dtype (float32 or bfloat16)
+    remat: bool = False  # recompute each layer's activations in the backward pass
+    attention_chunk: int | None = None  # queries per attention block (memory [chunk, T] per head)
 
     def apply(
         self,
@@ -98,9 +104,11 @@ class Policy:
         Positions are cumsum(mask) - 1 (0 on padding); a padded query row attends to nothing
         real and gives finite garbage, to be masked by the caller.
         """
-        return _forward(
-            self.graphdef, self.dtype, self.remat, params, tokens, attention_mask, return_hidden
-        )
+        return _forward(*self._static, params, tokens, attention_mask, return_hidden)
+
+    @property
+    def _static(self) -> tuple:
+        return self.graphdef, self.dtype, self.remat, self.attention_chunk
 
     def unembed(self, params: nnx.State, hidden: jax.Array) -> jax.Array:
         """The LM head: hidden [..., D] -> f32 logits [..., V] (tied or untied)."""
@@ -108,9 +116,7 @@ class Policy:
 
     def logits(self, tokens: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """`apply` with this policy's params, compiled once per shape."""
-        return _forward_jit(
-            self.graphdef, self.dtype, self.remat, self.params, tokens, attention_mask, False
-        )
+        return _forward_jit(*self._static, self.params, tokens, attention_mask, False)
 
     def init_cache(self, batch_size: int, max_len: int) -> KVCache:
         cfg = self.config
