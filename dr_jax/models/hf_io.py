@@ -141,11 +141,14 @@ def load_pretrained(
             return to_ours(path, tensor, layer_shape)
 
         def block(index: tuple[slice, ...]) -> np.ndarray:
-            if stacked:
-                layers = range(config.num_layers)[index[0]]
-                parts = [read(hf_name(path, i))[index[1:]] for i in layers]
-                return np.stack(parts).astype(np.float32)
-            return np.asarray(read(hf_name(path))[index], dtype=np.float32)
+            if not stacked:
+                return np.asarray(read(hf_name(path))[index], dtype=np.float32)
+            layers = range(config.num_layers)[index[0]]
+            block_shape = np.broadcast_to(np.float32(0), layer_shape)[index[1:]].shape
+            out = np.empty((len(layers), *block_shape), np.float32)  # filled layer by layer
+            for j, i in enumerate(layers):
+                out[j] = read(hf_name(path, i))[index[1:]]
+            return out
 
         sharding = flat_shardings[path].get_value()
         return var.replace(jax.make_array_from_callback(shape, sharding, block))
