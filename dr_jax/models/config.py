@@ -59,7 +59,7 @@ class ModelConfig:
             head_dim=16,
             rope_theta=10_000.0,
             tie_word_embeddings=True,
-            max_position_embeddings=4_096,
+            max_position_embeddings=32_768,
         )
         fields.update(overrides)
         return cls(**fields)
