@@ -22,6 +22,7 @@ from dr_jax.rollout.sglang import (
     SGLangConfig,
     SGLangError,
     SGLangSampler,
+    main,
     sglang_server_command,
     start_sglang_server,
 )
@@ -328,6 +329,19 @@ def test_server_command_has_the_rollout_flags():
     assert flags["--model-path"] == "/ckpt" and flags["--port"] == "31000"
     assert flags["--tp-size"] == "2" and flags["--dtype"] == "bfloat16"
     assert "--enable-deterministic-inference" in command
+
+
+def test_parity_check_flags_a_server_whose_logprobs_are_not_the_policys(tmp_path, capsys):
+    """The stand-in's log-probs are made up, so the GPU-host parity command must fail on it."""
+    from dr_jax.models import ModelConfig, init_policy, save_pretrained
+
+    save_pretrained(init_policy(ModelConfig.tiny(vocab_size=2048), seed=0), tmp_path)
+    with StandIn() as server:
+        argv = ["parity", "--url", server.url, "--checkpoint", str(tmp_path), "--prompts", "2"]
+        code = main([*argv, "--max-new-tokens", "4"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and not report["ok"] and report["max_abs_logprob_gap"] > 1.0
+    assert len([p for p in server.paths() if p == "/generate"]) == 2
 
 
 def free_port() -> int:

@@ -9,10 +9,14 @@ Weight sync (disaggregated, any trainer framework): write the policy as HF safet
 then `pause_generation` -> `update_weights_from_disk` (weight_version = step) ->
 `continue_generation`, and read `get_model_info` back to check the version took.
 
-Log-prob parity on a GPU host (not runnable here): start a server on a checkpoint with
-`start_sglang_server`, sample with `SGLangSampler`, and compare against the trainer with
-`dr_jax.rollout.sampler_logprob_gap(sampler, load_pretrained(path), prompts, params)`; with
-`--enable-deterministic-inference` and top_p = 1, top_k = -1 expect |delta| around 1e-2 in bf16.
+Log-prob parity, on a GPU host (not runnable here): serve a checkpoint in float32 and compare
+what the server samples with the trainer's log-probs of the same tokens,
+
+    python -m sglang.launch_server --model-path CKPT --dtype float32 --port 30000 &
+    python -m dr_jax.rollout.sglang parity --url http://127.0.0.1:30000 --checkpoint CKPT
+
+which prints the largest |delta| and exits non-zero above --tolerance (1e-4; in bf16 expect
+about 1e-2). It samples at T = 1 over the full vocabulary (top_p = 1, top_k = -1), the RL setting.
 """
 
 import asyncio
@@ -244,6 +248,7 @@ def sglang_server_command(
     port: int = 30000,
     tp: int = 1,
     dp: int = 1,
+    dtype: str = "bfloat16",
     mem_fraction: float = 0.8,
     context_length: int | None = None,
     deterministic: bool = False,
@@ -251,7 +256,7 @@ def sglang_server_command(
 ) -> list[str]:
     """The `python -m sglang.launch_server` command line for an RL rollout server.
 
-    bf16 weights (as the sync writes them); `--mem-fraction-static` leaves room for a
+    bf16 weights by default (as the sync writes them); `--mem-fraction-static` leaves room for a
     colocated trainer; `--enable-deterministic-inference` makes seeded sampling reproducible
     and log-probs batch-invariant, at some speed cost.
     """
@@ -262,7 +267,7 @@ def sglang_server_command(
         "--port", str(port),
         "--tp-size", str(tp),
         "--dp-size", str(dp),
-        "--dtype", "bfloat16",
+        "--dtype", dtype,
         "--mem-fraction-static", str(mem_fraction),
     ]  # fmt: skip
     if context_length is not None:
@@ -302,3 +307,43 @@ def start_sglang_server(
             process.wait()
             raise TimeoutError(f"SGLang server not healthy at {url} after {timeout} s")
         time.sleep(0.5)
+
+
+async def logprob_parity(
+    url: str, checkpoint: str | Path, prompts: int, max_new_tokens: int, seed: int = 0
+) -> float:
+    """Largest |server log-prob - trainer log-prob| over `prompts` random-token prompts."""
+    import numpy as np
+
+    from dr_jax.models import load_pretrained
+    from dr_jax.rollout.sampler import sampler_logprob_gap
+
+    policy = load_pretrained(checkpoint)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, policy.config.vocab_size, (prompts, 32)).tolist()
+    params = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens)
+    async with SGLangSampler(url) as sampler:
+        return await sampler_logprob_gap(sampler, policy, rows, params)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m dr_jax.rollout.sglang")
+    commands = parser.add_subparsers(dest="command", required=True)
+    parity = commands.add_parser("parity", help="server vs trainer log-probs (see module doc)")
+    parity.add_argument("--url", default=SGLangConfig.url, help="SGLang server base URL")
+    parity.add_argument("--checkpoint", required=True, help="the HF dir the server serves")
+    parity.add_argument("--prompts", type=int, default=8, help="random 32-token prompts")
+    parity.add_argument("--max-new-tokens", type=int, default=64)
+    parity.add_argument("--tolerance", type=float, default=1e-4, help="largest |delta| allowed")
+    args = parser.parse_args(argv)
+    gap = asyncio.run(logprob_parity(args.url, args.checkpoint, args.prompts, args.max_new_tokens))
+    ok = gap <= args.tolerance
+    print(json.dumps({"max_abs_logprob_gap": gap, "tolerance": args.tolerance, "ok": ok}))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
