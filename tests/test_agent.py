@@ -226,6 +226,27 @@ def test_truncated_turn_finishes_with_length(qwen_tokenizer, world):
     assert traj.finish_reason == "length" and len(traj.response_ids) == 10
 
 
+def test_tool_call_cut_before_its_end_token_gets_an_unsampled_end_token(qwen_tokenizer, world):
+    call = search("a")
+    cut = len(qwen_tokenizer.encode(call))  # max_new_tokens stops right after </tool_call>
+    script = {0: call, 1: answer("b")}
+    sampler = ScriptedSampler(qwen_tokenizer, lambda q, k, c: script[k])
+    sampling = SamplingParams(max_new_tokens=cut)
+    [traj], tools = run_agent(qwen_tokenizer, world, sampler, ["q?"], sampling=sampling)
+    assert traj.answer == "b" and traj.num_tool_calls == 1
+    assert traj.response_ids[cut] == sampler.end and traj.loss_mask[cut - 1 : cut + 2] == [1, 0, 0]
+    template = default_prompt()
+    messages = [
+        *template.messages("q?", TODAY),
+        {"role": "assistant", "content": "<think>" + call},
+        {"role": "tool", "content": tools.observations[0]},
+        {"role": "assistant", "content": "<think>" + script[1]},
+    ]
+    expected = template.render(qwen_tokenizer, messages, add_generation_prompt=False)
+    decoded = qwen_tokenizer.decode(traj.prompt_ids + traj.response_ids)
+    assert decoded == expected.removesuffix("\n")
+
+
 def test_sampler_error_ends_only_that_trajectory(qwen_tokenizer, world):
     script = {0: search("a"), 1: answer("ok")}
     sampler = ScriptedSampler(
