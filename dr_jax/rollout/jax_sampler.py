@@ -236,6 +236,14 @@ def _bucket(n: int, floor: int) -> int:
 class JaxSampler:
     """`Sampler` running the policy in this process; see the module doc.
 
+    eos_token_ids: ids that end every request (kept in its output), e.g. <|im_end|>.
+    max_batch_size: slots decoded together (rows of the KV cache).
+    max_seq_len: cache length per row: prompt + new tokens of one request.
+    decode_chunk: decode steps per jitted call (refills happen between chunks).
+    prefill_chunk, min_prefill_bucket: prefill piece length and smallest length bucket.
+    tokenizer: needed only for SamplingParams.stop strings.
+    seed: seeds of requests that bring none (SamplingParams.seed None).
+
     With `mesh`, the KV cache and per-row state are split by rows over the mesh's batch axes
     and the params stay as the learner placed them. On several processes (a pod), each process
     owns `max_batch_size / process_count` slots and serves its own agent loop; every process
