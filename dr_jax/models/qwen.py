@@ -23,7 +23,7 @@ from dr_jax.models.config import ModelConfig
 _MASKED = -1e30  # finite, so a query row with no visible key (left padding) stays NaN-free
 _INIT_STD = 0.02
 
-KV = tuple[jax.Array, jax.Array]  # one layer's cache: k, v [B, S, Hkv, Dh]
+KV = tuple[jax.Array, jax.Array]  # the KV cache of all layers: k, v [L, B, S, Hkv, Dh]
 
 
 class Linear(nnx.Module):
