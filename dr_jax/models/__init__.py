@@ -1,4 +1,11 @@
-"""Qwen2 / Qwen2.5 / Qwen3 dense policies in Flax NNX, with HF safetensors in and out."""
+"""Qwen2 / Qwen2.5 / Qwen3 dense policies in Flax NNX, with HF safetensors in and out.
+
+policy = load_pretrained("Qwen2.5-7B-Instruct/", dtype=jnp.bfloat16, mesh=mesh)
+logits = policy.logits(tokens, attention_mask)            # f32[B, T, V], left padding ok
+hidden = policy.apply(params, tokens, mask, return_hidden=True)   # then policy.unembed
+logits, cache = policy.extend(params, cache, tokens, num_new)     # prefill / decode
+save_pretrained(policy, "out/", dtype=jnp.bfloat16)       # transformers / SGLang load it
+"""
 
 from dr_jax.models.cache import KVCache
 from dr_jax.models.config import ModelConfig
