@@ -186,6 +186,14 @@ class Learner:
     def train_step(self, state: TrainState, batch: TrainBatch) -> tuple[TrainState, dict]:
         """One optimizer update on `batch`; returns the new state (the old one is donated) and
         scalar metrics (loss terms, clip fractions, grad_norm before clipping, lr, tokens)."""
+        return self._step(state, *self._step_inputs(batch))
+
+    def lower_step(self, state: TrainState, batch: TrainBatch) -> jax.stages.Lowered:
+        """The train step lowered for `batch`'s shapes: `.compile().memory_analysis()` gives
+        its device memory, `.cost_analysis()` its FLOPs."""
+        return self._step.lower(state, *self._step_inputs(batch))
+
+    def _step_inputs(self, batch: TrainBatch) -> tuple[dict, int, bool]:
         if self.loss.kl_coef and batch.ref_logprobs is None:
             raise ValueError(
                 "kl_coef > 0 needs batch.ref_logprobs (learner.logprobs(learner.reference_params(),"
@@ -207,7 +215,7 @@ class Learner:
             "ref_logprobs": zeros if batch.ref_logprobs is None else batch.ref_logprobs,
         }
         arrays = {k: put_global(_pad_rows(v, padded), self._rows) for k, v in arrays.items()}
-        return self._step(state, arrays, padded // micro, on_policy)
+        return arrays, padded // micro, on_policy
 
     # ---- jitted bodies ------------------------------------------------------------------------
 
