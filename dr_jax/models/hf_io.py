@@ -34,10 +34,10 @@ _MODULE_NAMES = {
     "input_norm": "input_layernorm",
     "post_attn_norm": "post_attention_layernorm",
 }
-Path_ = tuple[str, ...]
+ParamPath = tuple[str, ...]
 
 
-def hf_name(path: Path_, layer: int | None = None) -> str:
+def hf_name(path: ParamPath, layer: int | None = None) -> str:
     """Our parameter path (+ layer index for stacked ones) -> the HF tensor name."""
     if path in _TOP_LEVEL:
         return _TOP_LEVEL[path]
@@ -47,7 +47,7 @@ def hf_name(path: Path_, layer: int | None = None) -> str:
     return ".".join(["model.layers", str(layer), *modules, suffix])
 
 
-def hf_shape(path: Path_, shape: tuple[int, ...]) -> tuple[int, ...]:
+def hf_shape(path: ParamPath, shape: tuple[int, ...]) -> tuple[int, ...]:
     """HF shape of one (per-layer) parameter of ours. Kernels are [out, in] with heads merged;
     o_proj is the one kernel whose input has two axes (heads, head_dim)."""
     if path[-1] == "kernel":
@@ -59,11 +59,11 @@ def hf_shape(path: Path_, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def to_ours(path: Path_, tensor: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def to_ours(path: ParamPath, tensor: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return (tensor.T if path[-1] == "kernel" else tensor).reshape(shape)
 
 
-def to_hf(path: Path_, array: np.ndarray) -> np.ndarray:
+def to_hf(path: ParamPath, array: np.ndarray) -> np.ndarray:
     shape = hf_shape(path, array.shape)
     return array.reshape(shape[::-1]).T if path[-1] == "kernel" else array.reshape(shape)
 
@@ -131,7 +131,7 @@ def load_pretrained(
         shardings = named_shardings(abstract, mesh)
     flat_shardings = dict(nnx.to_flat_state(shardings))
 
-    def load(path: Path_, var: nnx.Variable) -> nnx.Variable:
+    def load(path: ParamPath, var: nnx.Variable) -> nnx.Variable:
         shape = var.get_value().shape
         stacked = path[0] == "layers"
         layer_shape = shape[1:] if stacked else shape
@@ -213,7 +213,7 @@ def _host(array: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
-def _entry(key: Path_, array: jax.Array, layer: int | None, dtype: np.dtype):
+def _entry(key: ParamPath, array: jax.Array, layer: int | None, dtype: np.dtype):
     shape = array.shape if layer is None else array.shape[1:]
 
     def make() -> np.ndarray:
