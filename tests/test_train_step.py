@@ -9,6 +9,7 @@ import pytest
 from dr_jax import losses
 from dr_jax.models import ModelConfig, init_policy
 from dr_jax.train import Learner, LossConfig, OptimConfig, TrainBatch, lr_schedule, make_optimizer
+from dr_jax.train.logprobs import num_scored_positions
 
 CONFIG = ModelConfig.tiny(
     vocab_size=128, hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2, head_dim=8
@@ -76,14 +77,29 @@ def setup():
 
 
 def test_chunked_logprobs_equal_full_logits(setup):
-    policy, _, batch, logp = setup
-    logits = policy.apply(
-        policy.params, jnp.asarray(batch.tokens), jnp.asarray(batch.attention_mask)
-    )
-    want = losses.token_logprobs(logits[:, :-1], batch.tokens[:, 1:])
+    policy, full, batch, logp = setup
+    logits = policy.logits(jnp.asarray(batch.tokens), jnp.asarray(batch.attention_mask))
+    want = np.asarray(losses.token_logprobs(logits[:, :-1], batch.tokens[:, 1:]))
     real = batch.attention_mask[:, 1:] == 1
-    np.testing.assert_allclose(logp[:, 1:][real], np.asarray(want)[real], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logp[:, 1:][real], want[real], rtol=1e-5, atol=1e-5)
     assert np.all(logp[:, 0] == 0)
+    # with a loss mask only trained tokens are scored (the LM head skips the rest)
+    trained_only = np.asarray(
+        full.logprobs(full.reference_params(), batch.tokens, batch.attention_mask, batch.loss_mask)
+    )
+    trained = batch.loss_mask[:, 1:] == 1
+    np.testing.assert_allclose(trained_only[:, 1:][trained], want[trained], rtol=1e-5, atol=1e-5)
+    assert np.all(trained_only[batch.loss_mask == 0] == 0)
+
+
+def test_scored_positions_come_in_few_static_sizes():
+    mask = np.zeros((3, 200), np.float32)
+    mask[0, 150:170] = 1  # 20 trained tokens
+    assert num_scored_positions(mask, 200, chunk=16) == 32
+    mask[1, 10:120] = 1  # 110 -> 128
+    assert num_scored_positions(mask, 200, chunk=16) == 128
+    mask[2, 1:] = 1  # 199 -> capped at T - 1
+    assert num_scored_positions(mask, 200, chunk=16) == 199
 
 
 def test_step_matches_the_objective_written_from_full_logits(setup):

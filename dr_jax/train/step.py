@@ -31,7 +31,7 @@ from dr_jax.sharding import (
     replicated,
     shard_tree,
 )
-from dr_jax.train.logprobs import sequence_logprobs
+from dr_jax.train.logprobs import num_scored_positions, sequence_logprobs
 from dr_jax.train.optim import OptimConfig, lr_schedule, make_optimizer
 from dr_jax.train.state import TrainState
 
@@ -148,13 +148,13 @@ class Learner:
         )
         self._logprobs = jax.jit(
             self._logprobs_fn,
-            static_argnums=(3,),
-            in_shardings=(self.param_shardings, self._rows, self._rows),
+            static_argnums=(4, 5),
+            in_shardings=(self.param_shardings, self._rows, self._rows, self._rows),
             out_shardings=self._rows,
         )
         self._step = jax.jit(
             self._step_fn,
-            static_argnums=(2, 3),
+            static_argnums=(2, 3, 4),
             in_shardings=(self.state_shardings, self._rows),
             out_shardings=(self.state_shardings, rep),
             donate_argnums=(0,),
@@ -173,15 +173,23 @@ class Learner:
             self._reference = self._copy(shard_tree(self.policy.params, self.param_shardings))
         return self._reference
 
-    def logprobs(self, params: Any, tokens: Any, attention_mask: Any) -> jax.Array:
+    def logprobs(
+        self, params: Any, tokens: Any, attention_mask: Any, loss_mask: Any = None
+    ) -> jax.Array:
         """f32[B, T]: entry t = log p(tokens[t] | tokens[<t]) at the loss temperature; entry 0 = 0.
 
-        Micro-batched and chunked over the sequence; rows are split over data x fsdp.
+        With `loss_mask`, only trained tokens are scored (the rest are 0), which skips the LM
+        head for prompt and tool-output positions. Micro-batched, chunked over the sequence;
+        rows are split over data x fsdp.
         """
-        rows = tokens.shape[0]
+        rows, length = np.shape(tokens)
         padded, micro = self._layout(rows)
-        arrays = [put_global(_pad_rows(x, padded), self._rows) for x in (tokens, attention_mask)]
-        return self._logprobs(params, *arrays, padded // micro)[:rows]
+        k = None if loss_mask is None else self._scored_positions(loss_mask, length)
+        mask = np.ones((rows, length), np.float32) if loss_mask is None else loss_mask
+        arrays = [
+            put_global(_pad_rows(x, padded), self._rows) for x in (tokens, attention_mask, mask)
+        ]
+        return self._logprobs(params, *arrays, padded // micro, k)[:rows]
 
     def train_step(self, state: TrainState, batch: TrainBatch) -> tuple[TrainState, dict]:
         """One optimizer update on `batch`; returns the new state (the old one is donated) and
@@ -193,7 +201,7 @@ class Learner:
         its device memory, `.cost_analysis()` its FLOPs."""
         return self._step.lower(state, *self._step_inputs(batch))
 
-    def _step_inputs(self, batch: TrainBatch) -> tuple[dict, int, bool]:
+    def _step_inputs(self, batch: TrainBatch) -> tuple[dict, int, bool, int]:
         if self.loss.kl_coef and batch.ref_logprobs is None:
             raise ValueError(
                 "kl_coef > 0 needs batch.ref_logprobs (learner.logprobs(learner.reference_params(),"
@@ -214,10 +222,17 @@ class Learner:
             "old_logprobs": zeros if on_policy else batch.old_logprobs,
             "ref_logprobs": zeros if batch.ref_logprobs is None else batch.ref_logprobs,
         }
+        scored = self._scored_positions(batch.loss_mask, tokens[1])
         arrays = {k: put_global(_pad_rows(v, padded), self._rows) for k, v in arrays.items()}
-        return arrays, padded // micro, on_policy
+        return arrays, padded // micro, on_policy, scored
 
     # ---- jitted bodies ------------------------------------------------------------------------
+
+    def _scored_positions(self, loss_mask: Any, length: int) -> int:
+        """Static K for `num_scored_positions`; a mask not on this host scores every position."""
+        if isinstance(loss_mask, jax.Array) and not loss_mask.is_fully_addressable:
+            return length - 1
+        return num_scored_positions(loss_mask, length, self.logprob_chunk)
 
     def _layout(self, rows: int) -> tuple[int, int]:
         """(padded rows, micro-batch rows): rows are padded with untrained rows to fit."""
@@ -241,21 +256,24 @@ class Learner:
     def _merge(self, x: jax.Array) -> jax.Array:
         return x.swapaxes(0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
-    def _logprobs_fn(self, params, tokens, attention_mask, n_micro: int) -> jax.Array:
+    def _logprobs_fn(self, params, tokens, attention_mask, loss_mask, n_micro: int, k: int | None):
         def one(xs):
             logp, _ = sequence_logprobs(
                 self.policy,
                 params,
-                *xs,
+                xs[0],
+                xs[1],
                 chunk=self.logprob_chunk,
                 temperature=self.loss.temperature,
+                loss_mask=None if k is None else xs[2],
+                num_positions=k,
             )
             return logp
 
-        split = (self._split(tokens, n_micro), self._split(attention_mask, n_micro))
+        split = tuple(self._split(x, n_micro) for x in (tokens, attention_mask, loss_mask))
         return self._merge(jax.lax.map(one, split))
 
-    def _micro_loss(self, params, mb: dict, denominator, tokens, on_policy: bool):
+    def _micro_loss(self, params, mb: dict, denominator, tokens, on_policy: bool, scored: int):
         cfg = self.loss
         logp, entropy = sequence_logprobs(
             self.policy,
@@ -265,6 +283,8 @@ class Learner:
             chunk=self.logprob_chunk,
             temperature=cfg.temperature,
             with_entropy=cfg.entropy_coef != 0,
+            loss_mask=mb["loss_mask"],
+            num_positions=scored,
         )
         mask = mb["loss_mask"]
         old = jax.lax.stop_gradient(logp) if on_policy else mb["old_logprobs"]
@@ -294,7 +314,7 @@ class Learner:
             metrics[name] = jnp.sum(terms[name] * mask) / tokens
         return loss, metrics
 
-    def _step_fn(self, state: TrainState, batch: dict, n_micro: int, on_policy: bool):
+    def _step_fn(self, state: TrainState, batch: dict, n_micro: int, on_policy: bool, scored: int):
         cfg = self.loss
         mask = batch["loss_mask"]
         _, denominator = losses.aggregate_parts(mask, mask, cfg.agg, norm=cfg.agg_norm)
@@ -304,7 +324,9 @@ class Learner:
 
         def accumulate(carry, mb):
             grads, metrics = carry
-            (_, mb_metrics), mb_grads = grad_fn(state.params, mb, denominator, tokens, on_policy)
+            (_, mb_metrics), mb_grads = grad_fn(
+                state.params, mb, denominator, tokens, on_policy, scored
+            )
             grads = jax.tree.map(jnp.add, grads, mb_grads)
             return (grads, jax.tree.map(jnp.add, metrics, mb_metrics)), None
 
