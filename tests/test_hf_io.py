@@ -182,3 +182,12 @@ def test_saved_directory_carries_the_tokenizer(qwen_tokenizer, tmp_path):
     text = "<|im_start|>user\nWho wrote Dune?<|im_end|>"
     assert loaded.encode(text) == qwen_tokenizer.encode(text)
     assert loaded.chat_template == qwen_tokenizer.chat_template
+
+
+def test_resaving_into_a_directory_leaves_no_stale_shards(hf_dir, tmp_path):
+    model, directory = hf_dir
+    policy = load_pretrained(directory)
+    save_pretrained(policy, tmp_path, max_shard_bytes=50_000)
+    save_pretrained(policy, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    np.testing.assert_array_equal(_reference_logits(tmp_path), hf_logits(model, TOKENS, MASK))

@@ -190,19 +190,24 @@ def save_pretrained(
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-    if len(shards) == 1:
-        write_safetensors(directory / "model.safetensors", shards[0])
-        (directory / _INDEX).unlink(missing_ok=True)
-        return directory
+    count = len(shards)
+    names = [f"model-{n:05d}-of-{count:05d}.safetensors" for n in range(1, count + 1)]
+    if count == 1:
+        names = ["model.safetensors"]
+    # A re-save into the same directory (weight sync) leaves no stale shard for a loader to glob.
+    for old in directory.glob("model*.safetensors"):
+        if old.name not in names:
+            old.unlink()
+    (directory / _INDEX).unlink(missing_ok=True)
     weight_map, total = {}, 0
-    for n, shard in enumerate(shards, start=1):
-        name = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+    for name, shard in zip(names, shards, strict=True):
         write_safetensors(directory / name, shard)
         for tensor_name, shape, dt, _ in shard:
             weight_map[tensor_name] = name
             total += math.prod(shape) * dt.itemsize
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (directory / _INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    if count > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (directory / _INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return directory
 
 

@@ -7,6 +7,7 @@ data_offsets: [begin, end]}}, then the raw little-endian tensor bytes.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -54,7 +55,8 @@ TensorSpec = tuple[str, tuple[int, ...], np.dtype, Callable[[], np.ndarray]]
 
 
 def write_safetensors(path: Path, tensors: Iterable[TensorSpec]) -> None:
-    """Writes (name, shape, dtype, make_array) entries, materialising one array at a time."""
+    """Writes (name, shape, dtype, make_array) entries, materialising one array at a time; the
+    file appears complete or not at all (written beside, then renamed)."""
     tensors = list(tensors)
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -68,7 +70,8 @@ def write_safetensors(path: Path, tensors: Iterable[TensorSpec]) -> None:
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for name, shape, dtype, make in tensors:
@@ -76,3 +79,4 @@ def write_safetensors(path: Path, tensors: Iterable[TensorSpec]) -> None:
             if array.shape != tuple(shape):
                 raise ValueError(f"{path}: {name} has shape {array.shape}, expected {shape}")
             f.write(array.tobytes())
+    os.replace(partial, path)
