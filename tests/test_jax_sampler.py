@@ -5,6 +5,7 @@ References are the policy's full forward pass (`policy.logits` over prompt + sam
 """
 
 import asyncio
+import contextlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -172,3 +173,16 @@ def test_top_k_and_top_p_keep_the_right_tokens():
 def test_top_k_one_is_greedy(sampler, policy):
     [result] = generate(sampler, [PROMPTS[1]], temperature=1.0, top_k=1, max_new_tokens=8, seed=3)
     assert result.token_ids == greedy_reference(policy, PROMPTS[1], 8)
+
+
+def test_an_abandoned_rollout_leaves_the_sampler_usable(sampler, policy):
+    """asyncio.run ends (timeout) in the middle of a decode call; the next loop still works."""
+
+    async def abandoned():
+        request = sampler.generate([PROMPTS[1]], SamplingParams(max_new_tokens=80, seed=0))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(request, 0.2)
+
+    asyncio.run(abandoned())
+    [result] = generate(sampler, [PROMPTS[0]], temperature=0.0, max_new_tokens=6)
+    assert result.token_ids == greedy_reference(policy, PROMPTS[0], 6)

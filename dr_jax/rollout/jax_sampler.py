@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import astuple
@@ -297,6 +298,9 @@ class JaxSampler:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._leaving = False
+        # Device calls run in worker threads and donate the cache: one at a time, and the
+        # thread itself keeps the new cache, so an event loop that ends mid-call loses nothing.
+        self._device = threading.Lock()
         self.stats = {"prefill_calls": 0, "decode_calls": 0, "decode_steps": 0, "tokens": 0}
 
     def update_params(self, params: Any) -> None:
@@ -402,6 +406,7 @@ class JaxSampler:
     @contextlib.asynccontextmanager
     async def lockstep(self) -> AsyncIterator["JaxSampler"]:
         """Serve in lockstep with the other processes until every one of them has left."""
+        self._forget_requests()
         self._leaving = False
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._serve_lockstep())
@@ -414,8 +419,14 @@ class JaxSampler:
     def _ensure_running(self) -> None:
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._forget_requests()  # of an event loop that has ended
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._serve())
+
+    def _forget_requests(self) -> None:
+        self._rows = [None] * len(self._rows)
+        self._slots.active[:] = False
+        self._waiting.clear()
 
     async def _serve(self) -> None:
         """The scheduler: admit waiting requests into free slots, decode a chunk, repeat."""
@@ -509,12 +520,13 @@ class JaxSampler:
         paths = self._paths() if paths is None else paths
 
         def call():
-            cache, *out = _prefill(
-                self.policy, self.params, self._cache, slots, *inputs, n, chunk, paths
-            )
-            return cache, jax.tree.map(self._to_local, out)
+            with self._device:
+                self._cache, *out = _prefill(
+                    self.policy, self.params, self._cache, slots, *inputs, n, chunk, paths
+                )
+            return jax.tree.map(self._to_local, out)
 
-        self._cache, (slots, first, logprobs) = await asyncio.to_thread(call)
+        slots, first, logprobs = await asyncio.to_thread(call)
         self.stats["prefill_calls"] += 1
         self._take(slots, first[None], logprobs[None])
 
@@ -523,14 +535,14 @@ class JaxSampler:
         paths = self._paths() if paths is None else paths
 
         def call():
-            cache, *out = _decode(
-                self.policy, self.params, self._cache, slots, self.decode_chunk, paths
-            )
-            slots_out, tokens, logprobs = out
+            with self._device:
+                self._cache, slots_out, tokens, logprobs = _decode(
+                    self.policy, self.params, self._cache, slots, self.decode_chunk, paths
+                )
             local = jax.tree.map(self._to_local, slots_out)
-            return cache, (local, self._to_local(tokens, 1), self._to_local(logprobs, 1))
+            return local, self._to_local(tokens, 1), self._to_local(logprobs, 1)
 
-        self._cache, (slots, tokens, logprobs) = await asyncio.to_thread(call)
+        slots, tokens, logprobs = await asyncio.to_thread(call)
         self.stats["decode_calls"] += 1
         self.stats["decode_steps"] += self.decode_chunk
         self._take(slots, tokens, logprobs)
@@ -577,4 +589,5 @@ class JaxSampler:
                 request.future.set_exception(err)
             self._rows[row] = None
         self._slots = Slots.empty(len(self._rows))
-        self._cache = self._empty_cache()
+        with self._device:
+            self._cache = self._empty_cache()
