@@ -38,6 +38,9 @@ class GRPOConfig:
     tis_cap: float = 0.0
     """Truncated importance sampling: scale token advantages by min(exp(old - sampler), cap).
     Use it when rollout log-probs come from another engine (SGLang); 0 turns it off."""
+    gap_probe_rows: int = 2
+    """On-policy steps (1 update, no TIS) need no old log-probs; this many rows are still scored
+    by the learner to report the sampler-vs-learner log-prob gap."""
     micro_batch_size: int = 0
     """Rows per forward/backward inside one update (gradients accumulated exactly); 0 = all."""
     logprob_chunk: int = 0
@@ -93,7 +96,9 @@ class SFTConfig:
     warmup_steps: int = 10
     """Linear learning-rate warm-up steps."""
     num_traces: int = 256
-    """Oracle trajectories built from the train split (cycled over the steps)."""
+    """Train questions the oracle solves for demonstrations (cycled over the steps)."""
+    max_tokens: int = 1536
+    """Demonstrations longer than this (prompt included) are left out; 0 keeps all."""
 
 
 @dataclass(frozen=True)
@@ -137,9 +142,14 @@ class TrainConfig:
         )
     )
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4))
-    loss: LossConfig = field(default_factory=LossConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=60))
+    loss: LossConfig = field(default_factory=lambda: LossConfig(kl_coef=0.0))
+    grpo: GRPOConfig = field(
+        default_factory=lambda: GRPOConfig(
+            steps=4, questions_per_step=4, group_size=4, micro_batch_size=4, logprob_chunk=128,
+            validate_every=2, val_questions=24,
+        )
+    )  # fmt: skip
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=120, batch_size=4, lr=5e-3))
     data: DataConfig = field(default_factory=lambda: DataConfig(data_sources=("world_1hop",)))
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     max_turns: int = 4

@@ -96,8 +96,8 @@ async def validate(agent: Any, examples: Sequence[Any], seed: int) -> dict[str, 
         [e.question for e in examples], n_samples=1, seed=rollout_seed(seed, -1)
     )
     rewards = score_trajectories(trajectories, [e.answers for e in examples])
-    record = reward_metrics(rewards, "val")
-    record.update(rollout_metrics(trajectories, prefix="val/"))
+    record = rollout_metrics(trajectories, prefix="val/")
+    record.update(reward_metrics(rewards, "val"))
     record["time/validate"] = time.perf_counter() - start
     return record
 
@@ -166,6 +166,7 @@ class GRPOLoop:
         self.samples_per_step = samples_per_step
         self.before_rollout = before_rollout
         self.last_record: dict[str, Any] = {}
+        self.on_policy = config.mini_batches == config.epochs == 1 and config.tis_cap == 0
 
     async def run(self, state: Any, start_step: int = 0) -> Any:
         """Steps start_step+1 .. config.steps, with validations and checkpoints on schedule."""
@@ -213,7 +214,14 @@ class GRPOLoop:
             trajectories, pad_id=self.pad_id, multiple=cfg.pad_multiple, max_len=cfg.max_seq_len
         )
         with _phase(seconds, "logprobs"):
-            old = self._logprobs(state.params, seqs)
+            if self.on_policy:  # the update's own log-probs are "old": only probe the gap
+                probe = seqs.take(np.arange(min(cfg.gap_probe_rows, seqs.num_rows)))
+                gap = logprob_gap(self._logprobs(state.params, probe), probe.sampler_logprobs,
+                                  probe.loss_mask)  # fmt: skip
+                old = None
+            else:
+                old = self._logprobs(state.params, seqs)
+                gap = logprob_gap(old, seqs.sampler_logprobs, seqs.loss_mask)
             ref = None if self.ref_params is None else self._logprobs(self.ref_params, seqs)
         token_adv = np.broadcast_to(advantages[:, None], seqs.tokens.shape).astype(np.float32)
         if cfg.tis_cap > 0:
@@ -225,10 +233,10 @@ class GRPOLoop:
         with _phase(seconds, "sync"):
             await self.sync(state.params, step)
 
-        record: dict[str, Any] = reward_metrics(rewards, "train")
-        record.update(rollout_metrics(trajectories, prefix="train/"))
+        record: dict[str, Any] = rollout_metrics(trajectories, prefix="train/")
+        record.update(reward_metrics(rewards, "train"))
         record.update(update_metrics)
-        record["train/logprob_gap"] = logprob_gap(old, seqs.sampler_logprobs, seqs.loss_mask)
+        record["train/logprob_gap"] = gap
         record["train/advantage_abs"] = float(np.abs(advantages).mean())
         record.update(self._throughput(state.params, seqs, seconds))
         record.update({f"time/{k}": v for k, v in seconds.items()})
@@ -248,10 +256,11 @@ class GRPOLoop:
         step: int,
         seqs: PaddedSequences,
         token_adv: np.ndarray,
-        old: np.ndarray,
+        old: np.ndarray | None,
         ref: np.ndarray | None,
     ) -> tuple[Any, dict[str, float]]:
-        """epochs x mini_batches optimizer updates; their metrics averaged."""
+        """epochs x mini_batches optimizer updates (old=None: on-policy, ratio = 1); their
+        metrics averaged."""
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, step]) if cfg.mini_batches > 1 else None
         collected: list[dict[str, float]] = []
@@ -263,7 +272,7 @@ class GRPOLoop:
                     attention_mask=part.attention_mask,
                     loss_mask=part.loss_mask,
                     advantages=token_adv[rows],
-                    old_logprobs=old[rows],
+                    old_logprobs=None if old is None else old[rows],
                     ref_logprobs=None if ref is None else ref[rows],
                 )
                 state, m = self.learner.train_step(state, batch)
@@ -275,7 +284,7 @@ class GRPOLoop:
         token per trained epoch, 2N per token of each log-prob pass) when the peak is known."""
         num_params = sum(x.size for x in jax.tree.leaves(params))
         real_tokens = float(seqs.attention_mask.sum())
-        passes = 1 + (self.ref_params is not None)
+        passes = (not self.on_policy) + (self.ref_params is not None)
         flops = num_params * real_tokens * (6 * self.config.epochs + 2 * passes)
         learner_s = max(seconds["logprobs"] + seconds["update"], 1e-9)
         sampled = float(seqs.loss_mask.sum())

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from dr_jax.data import DataIterator, QAExample, examples_from_questions, load_dataset
@@ -34,9 +33,8 @@ from dr_jax.train.checkpoint import Checkpointer
 from dr_jax.train.config import DataConfig, TrainConfig
 from dr_jax.train.grpo import GRPOLoop, validate, weight_sync
 from dr_jax.train.metrics import MetricsConfig, MetricsWriter
-from dr_jax.train.optim import OptimConfig
 from dr_jax.train.sft import demonstration_ids, sft_batches, solve_questions, supervised_finetune
-from dr_jax.train.step import Learner, LossConfig
+from dr_jax.train.step import Learner
 from dr_jax.world import World
 
 WORLD = "world"
@@ -73,12 +71,12 @@ def world_questions(world: World, split: str, sources: tuple[str, ...] | None) -
     return kept
 
 
-def make_learner(config: TrainConfig, policy: Policy, mesh: Any, **overrides: Any) -> Learner:
+def make_learner(config: TrainConfig, policy: Policy, mesh: Any) -> Learner:
     g = config.grpo
     return Learner(
         policy,
-        optim=overrides.get("optim", config.optim),
-        loss=overrides.get("loss", config.loss),
+        optim=config.optim,
+        loss=config.loss,
         mesh=mesh,
         micro_batch_size=g.micro_batch_size or None,
         logprob_chunk=g.logprob_chunk or 512,
@@ -88,7 +86,6 @@ def make_learner(config: TrainConfig, policy: Policy, mesh: Any, **overrides: An
 async def warm_start(
     config: TrainConfig,
     policy: Policy,
-    mesh: Any,
     tokenizer: Any,
     tools: Any,
     world: World,
@@ -108,13 +105,10 @@ async def warm_start(
         demonstration_ids(d, template, tokenizer, today=TODAY, end_of_turn="<|im_end|>")
         for d in demos
     ]
-    learner = make_learner(
-        config,
-        policy,
-        mesh,
-        optim=OptimConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=0.0),
-        loss=LossConfig(kl_coef=0.0, entropy_coef=0.0, temperature=config.loss.temperature),
-    )
+    if cfg.max_tokens:
+        rows = [r for r in rows if len(r[0]) + len(r[1]) <= cfg.max_tokens]
+    if not rows:
+        raise ValueError(f"every demonstration is longer than --sft.max-tokens {cfg.max_tokens}")
     started = time.perf_counter()
     batches = sft_batches(
         rows,
@@ -124,12 +118,11 @@ async def warm_start(
         max_len=config.grpo.max_seq_len,
         seed=config.grpo.seed,
     )
-    state = supervised_finetune(learner, learner.init_state(config.grpo.seed), batches, log=log)
+    tuned = policy.replace(params=supervised_finetune(policy, cfg, batches, log=log))
     log(cfg.steps, {"sft/demonstrations": len(rows), "time/sft": time.perf_counter() - started})
-    tuned = policy.replace(params=state.params)
     tmp = run_dir / "warm_start.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(tuned.replace(params=jax.device_get(state.params)), tmp)
+    save_pretrained(tuned, tmp)
     tmp.rename(run_dir / "warm_start")
     return tuned
 
@@ -197,7 +190,7 @@ async def train(config: TrainConfig) -> dict[str, Any]:
             if g.validate_at_start:
                 await sync(policy.params, 0)
                 sft_log.log(0, await validate(val_agent, dev_examples, g.seed))
-            policy = await warm_start(config, policy, mesh, tokenizer, tools, world, sft_log.log)
+            policy = await warm_start(config, policy, tokenizer, tools, world, sft_log.log)
             sft_log.close()
 
         learner = make_learner(config, policy, mesh)
