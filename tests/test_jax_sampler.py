@@ -7,6 +7,7 @@ References are the policy's full forward pass (`policy.logits` over prompt + sam
 import asyncio
 import contextlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -168,6 +169,26 @@ def test_top_k_and_top_p_keep_the_right_tokens():
     kept = np.isfinite(np.asarray(truncate_logprobs(logp, jnp.asarray([1.0, 0.6]),
                                                     jnp.asarray([2, -1]))))  # fmt: skip
     assert kept.tolist() == [[True, True, False, False], [False, False, True, True]]
+
+
+def nucleus_reference(logp: np.ndarray, top_p: float, top_k: int) -> np.ndarray:
+    """Which entries of one row survive top-k and top-p, by sorting (float64 mass)."""
+    order = np.sort(logp)[::-1]
+    kth = order[min(top_k, len(order)) - 1] if top_k > 0 else order[-1]
+    mass = np.cumsum(np.exp(order.astype(np.float64)))
+    pth = order[np.argmax(mass >= top_p)] if top_p < 1 else order[-1]
+    return logp >= max(kth, pth)
+
+
+def test_truncation_keeps_exactly_the_sorted_nucleus():
+    rng = np.random.default_rng(0)
+    scale = rng.uniform(0.5, 4.0, (32, 1))
+    logp = np.asarray(jax.nn.log_softmax(jnp.asarray(rng.normal(size=(32, 3000)) * scale), -1))
+    top_p = rng.choice([1.0, 0.3, 0.5, 0.9, 0.95], 32).astype(np.float32)
+    top_k = rng.choice([-1, 1, 5, 50, 1000], 32).astype(np.int32)
+    kept = np.isfinite(np.asarray(truncate_logprobs(jnp.asarray(logp), top_p, top_k)))
+    for row in range(32):
+        assert (kept[row] == nucleus_reference(logp[row], top_p[row], top_k[row])).all()
 
 
 def test_top_k_one_is_greedy(sampler, policy):

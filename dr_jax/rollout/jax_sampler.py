@@ -74,22 +74,46 @@ class Slots:
         )
 
 
-def truncate_logprobs(logp: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Array:
+def truncate_logprobs(
+    logp: jax.Array, top_p: jax.Array, top_k: jax.Array, iterations: int = 40
+) -> jax.Array:
     """logp f32[B, V] with entries outside each row's top-k and top-p nucleus set to -inf.
 
     The nucleus is the shortest prefix (by descending probability) whose mass reaches top_p;
-    ties at the threshold are kept.
+    ties at the threshold are kept. Both thresholds are found by bisection on the value t:
+    the largest t with count(logp >= t) >= k, and with sum(p[logp >= t]) >= top_p. Forty
+    halvings of the logp range are finer than float32 spacing, so the kept sets are exact,
+    and each costs one pass over V (a sort of V costs far more on CPU).
     """
     vocab = logp.shape[-1]
-    ordered = -jnp.sort(-logp, axis=-1)
+    finite = jnp.where(jnp.isfinite(logp), logp, jnp.inf)
+    low = jnp.min(finite, axis=-1)
+    high = jnp.max(logp, axis=-1)
     k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
-    kth = jnp.take_along_axis(ordered, (k - 1)[:, None], axis=-1)[:, 0]
-    mass = jnp.cumsum(jnp.exp(ordered), axis=-1)
-    reached = mass >= top_p[:, None]
-    last = jnp.where((top_p < 1) & reached.any(-1), jnp.argmax(reached, axis=-1), vocab - 1)
-    pth = jnp.take_along_axis(ordered, last[:, None], axis=-1)[:, 0]
+    p = jnp.exp(logp)
+
+    def halve(_, bounds):
+        k_lo, k_hi, p_lo, p_hi = bounds
+        k_mid, p_mid = (k_lo + k_hi) / 2, (p_lo + p_hi) / 2
+        k_ok = jnp.sum(logp >= k_mid[:, None], axis=-1) >= k
+        p_ok = jnp.sum(jnp.where(logp >= p_mid[:, None], p, 0.0), axis=-1) >= top_p
+        return (
+            jnp.where(k_ok, k_mid, k_lo),
+            jnp.where(k_ok, k_hi, k_mid),
+            jnp.where(p_ok, p_mid, p_lo),
+            jnp.where(p_ok, p_hi, p_mid),
+        )
+
+    k_lo, _, p_lo, _ = jax.lax.fori_loop(0, iterations, halve, (low, high, low, high))
+    kth = jnp.where(k < vocab, _snap(logp, k_lo), low)
+    pth = jnp.where(top_p < 1, _snap(logp, p_lo), low)
     threshold = jnp.maximum(kth, pth)[:, None]
     return jnp.where(logp >= threshold, logp, -jnp.inf)
+
+
+def _snap(logp: jax.Array, t: jax.Array) -> jax.Array:
+    """The smallest entry of each row that is >= t[b] (the bisection's exact threshold)."""
+    return jnp.min(jnp.where(logp >= t[:, None], logp, jnp.inf), axis=-1)
 
 
 def draw(weights: jax.Array, u: jax.Array, block: int = CDF_BLOCK) -> jax.Array:
