@@ -14,36 +14,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_train_step import CONFIG, LOSS, OPTIM, make_batch, shared_learner
 
-from dr_jax.train import Checkpointer, TrainState
+from dr_jax.train import Checkpointer, TrainBatch, TrainState
 
 TOTAL_STEPS, SAVED_AT = 5, 3
-FINGERPRINT = {"model": "tiny-64", "lr": 1e-3}
+FINGERPRINT = {"model": "tiny-128", "lr": OPTIM.lr}
 
 
-def build(mesh_spec: str = "1x1", devices=None):
-    from dr_jax.models import ModelConfig, init_policy
+def build(mesh_spec: str):
+    """The learner of test_train_step (compiled once per process) or one on another mesh."""
     from dr_jax.sharding import make_mesh
-    from dr_jax.train import Learner, LossConfig, OptimConfig
+    from dr_jax.train import Learner
 
-    config = ModelConfig.tiny(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2
-    )
-    mesh = make_mesh(mesh_spec, jax.devices()[:1] if mesh_spec == "1x1" else devices)
-    return Learner(init_policy(config, seed=0), OptimConfig(lr=1e-3), LossConfig(), mesh=mesh)
+    if mesh_spec == "1x1":
+        return shared_learner()[1]
+    return Learner(shared_learner()[0], OPTIM, LOSS, mesh=make_mesh(mesh_spec), logprob_chunk=5)
 
 
-def batch(step: int):
-    """The data of optimizer step `step` (a data position the checkpoint must restore)."""
-    from dr_jax.train import TrainBatch
-
-    rng = np.random.default_rng(step)
-    b, t = 8, 10
-    tokens = rng.integers(0, 64, (b, t)).astype(np.int32)
-    loss_mask = (np.arange(t) >= 4).astype(np.float32) * np.ones((b, 1), np.float32)
-    ref = (-4.2 + rng.normal(0, 0.2, (b, t)) * loss_mask).astype(np.float32)
-    advantages = rng.normal(size=b).astype(np.float32)
-    return TrainBatch(tokens, np.ones((b, t), np.int32), loss_mask, advantages, None, ref)
+def batch(step: int) -> TrainBatch:
+    """The data of optimizer step `step` (a data position the checkpoint must restore). The
+    masks are those of test_train_step's batch, so its compiled step is reused."""
+    tokens, attention, loss_mask, _ = make_batch()
+    rng = np.random.default_rng(100 + step)
+    tokens = rng.integers(0, CONFIG.vocab_size, tokens.shape).astype(np.int32)
+    ref = (-4.8 + rng.normal(0, 0.3, tokens.shape) * loss_mask).astype(np.float32)
+    old = (-4.8 + rng.normal(0, 0.3, tokens.shape) * loss_mask).astype(np.float32)
+    advantages = rng.normal(size=tokens.shape[0]).astype(np.float32)
+    return TrainBatch(tokens, attention, loss_mask, advantages, old, ref)
 
 
 def train(learner, state, start: int, stop: int):
@@ -64,6 +62,7 @@ def assert_bit_identical(a: TrainState, b: TrainState) -> None:
     left, right = host(a), host(b)
     assert len(left) == len(right) > 10
     for x, y in zip(left, right, strict=True):
+        assert np.all(np.isfinite(x))
         np.testing.assert_array_equal(x, y)
 
 

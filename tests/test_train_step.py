@@ -1,5 +1,7 @@
 """The learner step computes exactly the DeepResearcher objective, micro-batched or not."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,7 @@ import optax
 import pytest
 
 from dr_jax import losses
-from dr_jax.models import ModelConfig, init_policy
+from dr_jax.models import ModelConfig, Policy, init_policy
 from dr_jax.train import Learner, LossConfig, OptimConfig, TrainBatch, lr_schedule, make_optimizer
 from dr_jax.train.logprobs import num_scored_positions
 
@@ -59,11 +61,17 @@ def reference_update(policy, params, batch: TrainBatch):
     return update(params)
 
 
+@functools.cache
+def shared_learner() -> tuple[Policy, Learner]:
+    """One policy and learner per process (also used by test_checkpoint.py): compiled once."""
+    policy = init_policy(CONFIG, seed=0)
+    return policy, Learner(policy, OPTIM, LOSS, logprob_chunk=5)
+
+
 @pytest.fixture(scope="module")
 def setup():
-    policy = init_policy(CONFIG, seed=0)
+    policy, full = shared_learner()
     tokens, attention, loss_mask, rng = make_batch()
-    full = Learner(policy, OPTIM, LOSS, logprob_chunk=5)
     logp = np.asarray(full.logprobs(full.reference_params(), tokens, attention))
     batch = TrainBatch(
         tokens,

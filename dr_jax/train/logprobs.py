@@ -83,7 +83,11 @@ def sequence_logprobs(
     def body(carry: None, xs: tuple[jax.Array, jax.Array]) -> tuple[None, Any]:
         return carry, one_chunk(*xs)
 
-    _, (logp, ent) = jax.lax.scan(body, None, (hidden.swapaxes(0, 1), targets.swapaxes(0, 1)))
+    xs = (hidden.swapaxes(0, 1), targets.swapaxes(0, 1))
+    if n == 1:  # one chunk: no loop (cheaper to compile)
+        logp, ent = jax.tree.map(lambda x: x[None], one_chunk(xs[0][0], xs[1][0]))
+    else:
+        _, (logp, ent) = jax.lax.scan(body, None, xs)
 
     rows = jnp.arange(b)[:, None]
 

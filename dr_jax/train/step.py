@@ -336,7 +336,12 @@ class Learner:
         names = ("loss", "pg_loss", "kl_loss", "entropy", *_METRIC_TERMS)
         zero_metrics = {name: jnp.zeros((), jnp.float32) for name in names}
         micro = {k: self._split(v, n_micro) for k, v in batch.items()}
-        (grads, metrics), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), micro)
+        if n_micro == 1:  # no loop (cheaper to compile)
+            (grads, metrics), _ = accumulate(
+                (zero_grads, zero_metrics), {k: v[0] for k, v in micro.items()}
+            )
+        else:
+            (grads, metrics), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), micro)
 
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
