@@ -191,3 +191,21 @@ def test_resaving_into_a_directory_leaves_no_stale_shards(hf_dir, tmp_path):
     save_pretrained(policy, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     np.testing.assert_array_equal(_reference_logits(tmp_path), hf_logits(model, TOKENS, MASK))
+
+
+def test_config_without_a_required_field_names_it(hf_dir, tmp_path):
+    _, directory = hf_dir
+    config = json.loads((directory / "config.json").read_text())
+    del config["hidden_size"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config\.json: required field 'hidden_size'"):
+        load_pretrained(tmp_path)
+
+
+def test_shard_listed_in_the_index_but_absent_is_named(hf_dir, tmp_path):
+    model, _ = hf_dir
+    model.save_pretrained(tmp_path, max_shard_size="40KB")
+    missing = sorted(tmp_path.glob("model-*.safetensors"))[-1]
+    missing.unlink()
+    with pytest.raises(FileNotFoundError, match=missing.name):
+        load_pretrained(tmp_path)

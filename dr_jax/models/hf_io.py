@@ -108,6 +108,8 @@ def read_config(directory: str | Path) -> ModelConfig:
         raise FileNotFoundError(f"{path}: missing (an HF model directory has config.json)")
     try:
         return ModelConfig.from_hf(json.loads(path.read_text()))
+    except KeyError as e:
+        raise ValueError(f"{path}: required field {e} is missing") from e
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
 
