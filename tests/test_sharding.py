@@ -62,7 +62,7 @@ def test_make_mesh_on_this_process_checks_devices():
         make_mesh("4x4")
 
 
-MESH_2X2X2 = AbstractMesh((1, 2, 4), MESH_AXES)
+MESH_FSDP2_TP4 = AbstractMesh((1, 2, 4), MESH_AXES)
 
 
 @pytest.mark.parametrize(
@@ -77,24 +77,24 @@ MESH_2X2X2 = AbstractMesh((1, 2, 4), MESH_AXES)
     ],
 )
 def test_rule_table_maps_logical_axes(logical, shape, want):
-    assert logical_to_spec(logical, shape, MESH_2X2X2) == want
+    assert logical_to_spec(logical, shape, MESH_FSDP2_TP4) == want
 
 
 def test_kv_heads_not_divisible_by_tp_are_replicated_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="dr_jax.sharding"):
-        spec = logical_to_spec(("embed", "kv_heads", "head_dim"), (64, 2, 16), MESH_2X2X2)
+        spec = logical_to_spec(("embed", "kv_heads", "head_dim"), (64, 2, 16), MESH_FSDP2_TP4)
     assert spec == PartitionSpec("fsdp", None, None)
     assert "replicating logical axis 'kv_heads' of size 2" in caplog.text
 
 
 def test_two_logical_axes_on_one_mesh_axis_are_refused():
     with pytest.raises(ValueError, match="cannot share a mesh axis"):
-        logical_to_spec(("heads", "mlp"), (4, 128), MESH_2X2X2)
+        logical_to_spec(("heads", "mlp"), (4, 128), MESH_FSDP2_TP4)
 
 
 def test_unknown_logical_axis_is_refused():
     with pytest.raises(ValueError, match="no sharding rule for logical axis 'expert'"):
-        logical_to_spec(("expert", "embed"), (4, 64), MESH_2X2X2)
+        logical_to_spec(("expert", "embed"), (4, 64), MESH_FSDP2_TP4)
 
 
 def test_single_process_without_cluster_environment():
@@ -149,3 +149,41 @@ def test_parameters_and_batches_split_on_eight_devices():
     assert got["data=2,fsdp=2,tp=2"]["k_shard"] == [32, 1, 16]
     assert got["data=2,fsdp=2,tp=2"]["batch_shard"] == [2, 5]
     assert got["8x1"]["embed_shard"] == [512, 8] and got["8x1"]["batch_shard"] == [1, 5]
+
+
+def test_golden_partition_of_every_qwen_parameter():
+    """Pins the sharding of each parameter of a Qwen2 policy on fsdp=2, tp=4 (2 KV heads)."""
+    from dr_jax.models import ModelConfig, Policy
+    from dr_jax.models.policy import abstract_model
+
+    config = ModelConfig.tiny(vocab_size=512, tie_word_embeddings=False)
+    graphdef, params = abstract_model(config)  # shapes only, nothing allocated
+    axes = jax.tree.leaves(Policy(config, graphdef, params).logical_axes(), is_leaf=_is_tuple)
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    mesh = MESH_FSDP2_TP4
+    got = {
+        jax.tree_util.keystr(path).replace(".value", ""): logical_to_spec(a, leaf.shape, mesh)
+        for (path, leaf), a in zip(leaves, axes, strict=True)
+    }
+    layer = "['layers']"
+    assert got == {
+        "['embed']": PartitionSpec("tp", "fsdp"),
+        "['lm_head']['kernel']": PartitionSpec("fsdp", "tp"),
+        "['norm']['scale']": PartitionSpec("fsdp"),
+        f"{layer}['attn']['q_proj']['kernel']": PartitionSpec(None, "fsdp", "tp", None),
+        f"{layer}['attn']['q_proj']['bias']": PartitionSpec(None, "tp", None),
+        f"{layer}['attn']['k_proj']['kernel']": PartitionSpec(None, "fsdp", None, None),
+        f"{layer}['attn']['k_proj']['bias']": PartitionSpec(None, None, None),
+        f"{layer}['attn']['v_proj']['kernel']": PartitionSpec(None, "fsdp", None, None),
+        f"{layer}['attn']['v_proj']['bias']": PartitionSpec(None, None, None),
+        f"{layer}['attn']['o_proj']['kernel']": PartitionSpec(None, "tp", None, "fsdp"),
+        f"{layer}['mlp']['gate_proj']['kernel']": PartitionSpec(None, "fsdp", "tp"),
+        f"{layer}['mlp']['up_proj']['kernel']": PartitionSpec(None, "fsdp", "tp"),
+        f"{layer}['mlp']['down_proj']['kernel']": PartitionSpec(None, "tp", "fsdp"),
+        f"{layer}['input_norm']['scale']": PartitionSpec(None, "fsdp"),
+        f"{layer}['post_attn_norm']['scale']": PartitionSpec(None, "fsdp"),
+    }
+
+
+def _is_tuple(x) -> bool:
+    return isinstance(x, tuple)
