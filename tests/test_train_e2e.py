@@ -175,6 +175,7 @@ def _run_step(run_dir: Path, mesh: str, devices: int) -> dict:
     return json.loads(line.removeprefix("RECORD"))
 
 
+@pytest.mark.slow  # two fresh processes, each compiling sampler and learner (~2-8 min on 2 cores)
 def test_a_step_on_8_devices_mesh_2x4_equals_the_1_device_step(tmp_path):
     one = _run_step(tmp_path / "one", "auto", 1)
     eight = _run_step(tmp_path / "eight", "2x4", 8)
