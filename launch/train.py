@@ -10,12 +10,12 @@ Running the same command again resumes from the run directory's latest checkpoin
 
 import argparse
 import asyncio
-import json
 import sys
 
 import tyro
 
 from dr_jax.train.config import TrainConfig, deepresearcher_preset
+from dr_jax.train.metrics import run_summary
 from dr_jax.train.run import train
 
 PRESETS = {"default": TrainConfig, "deepresearcher": deepresearcher_preset}
@@ -35,10 +35,10 @@ def parse(argv: list[str]) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Parse, train (or resume), print the run's metrics tables; returns the last record."""
     config = parse(sys.argv[1:] if argv is None else argv)
     record = asyncio.run(train(config))
-    summary = {k: v for k, v in record.items() if isinstance(v, int | float)}
-    print(json.dumps(summary, indent=1, sort_keys=True))
+    print(run_summary(config.run_dir))
     return record
 
 

@@ -175,6 +175,7 @@ class GRPOLoop:
             self.last_record = await self.validate()
             self.metrics.log(0, self.last_record)
         for step in range(start_step + 1, cfg.steps + 1):
+            started = time.perf_counter()
             state, record = await self.step(state, step)
             last = step == cfg.steps
             if last or step % cfg.save_every == 0:
@@ -184,6 +185,7 @@ class GRPOLoop:
                     )
             if last or (cfg.validate_every and step % cfg.validate_every == 0):
                 record.update(await self.validate())
+            record["time/step"] = time.perf_counter() - started
             self.metrics.log(step, record)
             self.metrics.advance()
             self.last_record = record

@@ -159,6 +159,27 @@ def metrics_table(records: Iterable[Mapping[str, object]], keys: Sequence[str]) 
     return "\n".join(lines)
 
 
+GRPO_TABLE = (
+    "train/reward", "train/format_error_rate", "train/tool_calls_mean", "loss/entropy",
+    "loss/grad_norm", "val/reward", "val/f1", "val/format_error_rate", "val/tool_calls_mean",
+    "time/step",
+)  # fmt: skip
+SFT_TABLE = ("sft/nll", "val/reward", "val/format_error_rate", "time/sft")
+
+
+def run_summary(run_dir: str | Path) -> str:
+    """Markdown tables of a run: the warm start (if any), then reward and losses per GRPO step."""
+    run_dir = Path(run_dir)
+    parts = []
+    sft = read_jsonl(run_dir / "sft" / "metrics.jsonl")
+    if sft:
+        parts.append("Warm start (SFT on oracle traces; step 0 = before it)\n\n")
+        parts.append(metrics_table(sft, SFT_TABLE) + "\n\n")
+    parts.append("GRPO (step 0 = validation before the first step)\n\n")
+    parts.append(metrics_table(read_jsonl(run_dir / "metrics.jsonl"), GRPO_TABLE))
+    return "".join(parts)
+
+
 def _fmt(value: object) -> str:
     if value is None:
         return ""

@@ -184,8 +184,11 @@ async def train(config: TrainConfig) -> dict[str, Any]:
         elif config.sft.steps and not resuming:
             if world is None:
                 raise ValueError("--sft.steps > 0 needs the offline world (--data.source world)")
-            sft_log = MetricsWriter(
-                run_dir / "sft", MetricsConfig(progress_bar=False), total_steps=config.sft.steps
+            sft_log = MetricsWriter(  # start_step -1: a warm start cut short is redone whole
+                run_dir / "sft",
+                MetricsConfig(progress_bar=False),
+                total_steps=config.sft.steps,
+                start_step=-1,
             )
             if g.validate_at_start:
                 await sync(policy.params, 0)
