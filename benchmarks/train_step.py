@@ -2,8 +2,10 @@
 
 One update = old-policy log-probs + reference log-probs (no grad) + the policy update (PPO-clip
 token-mean loss + 0.001 k3 KL - 0.001 entropy, global-norm clip 1.0, AdamW), as veRL runs it
-per DeepResearcher step. Both sides start from the same weights (dr_jax's random init, written
-with save_pretrained and loaded by transformers) and see the same batch; both run f32 on CPU.
+per DeepResearcher step. dr_jax unembeds only the trained (response) tokens, chunked; the
+torch side computes full [B, T, V] logits as veRL does. Both sides start from the same weights
+(dr_jax's random init, written with save_pretrained and loaded by transformers) and see the
+same batch; both run f32 on CPU.
 
     python benchmarks/train_step.py [--batch 8] [--seq 128] [--repeats 3]
 """
@@ -47,9 +49,9 @@ def make_batch(config: ModelConfig, b: int, t: int, seed: int = 0) -> dict[str, 
 
 
 def jax_update(learner: Learner, reference, state, data: dict):
-    tokens, attention = data["tokens"], data["attention_mask"]
-    old = learner.logprobs(state.params, tokens, attention)
-    ref = learner.logprobs(reference, tokens, attention)
+    tokens, attention, mask = data["tokens"], data["attention_mask"], data["loss_mask"]
+    old = learner.logprobs(state.params, tokens, attention, mask)  # trained tokens only
+    ref = learner.logprobs(reference, tokens, attention, mask)
     batch = TrainBatch(*(data[k] for k in FIELDS), old, ref)
     state, metrics = learner.train_step(state, batch)
     jax.block_until_ready(state)
@@ -219,7 +221,8 @@ def main() -> None:
                 "setup": "one GRPO update (old+ref log-probs, PPO-clip + k3 KL + entropy, AdamW) "
                 f"on "
                 f"{args.batch}x{args.seq} tokens, ModelConfig.tiny (vocab {config.vocab_size}), "
-                f"f32 CPU; dr_jax Learner (chunk {args.chunk}) vs transformers+torch "
+                f"{int(data['loss_mask'].sum())} trained; f32 CPU; dr_jax Learner (chunk "
+                f"{args.chunk}, trained tokens only) vs transformers+torch "
                 f"{torch.__version__}; median of {args.repeats} after warm-up",
             }
         )
