@@ -83,6 +83,7 @@ def train_then_die(directory: str, mesh_spec: str, steps: int) -> None:
     state = train(learner, learner.init_state(0), 0, steps)
     ckpt = Checkpointer(directory, keep=2, fingerprint=FINGERPRINT)
     ckpt.save(state, extra={"data": {"next_step": steps}})
+    train(learner, state, steps, steps + 1)  # donates `state` while the save may still be writing
     ckpt.wait()
     os.kill(os.getpid(), signal.SIGKILL)  # no clean shutdown: the checkpoint must already be whole
 
