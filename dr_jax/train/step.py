@@ -4,7 +4,9 @@ Per step: loss = policy_loss + kl_coef * KL(pi || pi_ref) - entropy_coef * H(pi)
 aggregated with `LossConfig.agg` (veRL subtracts the entropy, so it is a bonus). Gradients of
 micro-batches are accumulated exactly: every micro-batch divides its numerator by the *whole
 batch's* denominator (e.g. its number of trained tokens), so the sum of micro-batch gradients is
-the full-batch gradient, whatever the split.
+the full-batch gradient, whatever the split. Only trained tokens (`loss_mask`) go through the
+LM head, `logprob_chunk` positions at a time (train/logprobs.py), so the [B, T, V] logits of a
+large vocabulary never exist.
 """
 
 from __future__ import annotations
