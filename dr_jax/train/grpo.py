@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from dr_jax import losses
+from dr_jax.models.flops import training_flops_per_token
 from dr_jax.reward import deepresearcher_score
 from dr_jax.rollout import JaxSampler, rollout_metrics
 from dr_jax.rollout.sglang import SGLangError
@@ -240,7 +241,7 @@ class GRPOLoop:
         record.update(update_metrics)
         record["train/logprob_gap"] = gap
         record["train/advantage_abs"] = float(np.abs(advantages).mean())
-        record.update(self._throughput(state.params, seqs, seconds))
+        record.update(self._throughput(seqs, seconds))
         record.update({f"time/{k}": v for k, v in seconds.items()})
         record["data/question_ids"] = [e.id for e in examples]
         if self.samples_per_step:
@@ -281,13 +282,14 @@ class GRPOLoop:
                 collected.append({k: float(v) for k, v in jax.device_get(m).items()})
         return state, {f"loss/{k}": float(np.mean([m[k] for m in collected])) for k in collected[0]}
 
-    def _throughput(self, params: Any, seqs: PaddedSequences, seconds: dict[str, float]) -> dict:
-        """Tokens/s of rollout and learner, and the learner's model-FLOPs utilisation (6N per
-        token per trained epoch, 2N per token of each log-prob pass) when the peak is known."""
-        num_params = sum(x.size for x in jax.tree.leaves(params))
+    def _throughput(self, seqs: PaddedSequences, seconds: dict[str, float]) -> dict[str, float]:
+        """Tokens/s of rollout and learner, and the learner's model-FLOPs utilisation when the
+        device peak is known: F = training_flops_per_token (6N + attention) per token and epoch,
+        F / 3 per token of each forward-only log-prob pass."""
         real_tokens = float(seqs.attention_mask.sum())
         passes = (not self.on_policy) + (self.ref_params is not None)
-        flops = num_params * real_tokens * (6 * self.config.epochs + 2 * passes)
+        per_token = training_flops_per_token(self.learner.policy.config, seqs.tokens.shape[1])
+        flops = real_tokens * per_token * (self.config.epochs + passes / 3)
         learner_s = max(seconds["logprobs"] + seconds["update"], 1e-9)
         sampled = float(seqs.loss_mask.sum())
         out = {
