@@ -9,7 +9,6 @@ Run: `python benchmarks/policy.py [--repeats N]`. The last line is the JSON summ
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
+from report import print_summary
 
 from dr_jax.models import ModelConfig, init_policy
 from dr_jax.models.flops import training_flops_per_token
@@ -122,16 +122,14 @@ def main() -> None:
         f"{CONFIG.num_kv_heads} F={CONFIG.intermediate_size} V={CONFIG.vocab_size}, "
         f"batch {BATCH}x{LENGTH}, f32, CPU, torch {torch.__version__} vs jax {jax.__version__}"
     )
-    summary = {
-        "benchmark": "policy_forward_backward_tokens_per_s",
-        "ours": round(ours_tps, 1),
-        "reference": round(ref_tps, 1),
-        "ratio": round(ours_tps / ref_tps, 3),
-        "unit": "tokens/s",
-        "higher_is_better": True,
-        "setup": setup,
-    }
-    print(json.dumps(summary))
+    print_summary(
+        "policy_forward_backward_tokens_per_s",
+        round(ours_tps, 1),
+        round(ref_tps, 1),
+        unit="tokens/s",
+        higher_is_better=True,
+        setup=setup,
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 import torch
+from report import print_summary, print_table
 from transformers import AutoModelForCausalLM
 
 from dr_jax.models import ModelConfig, init_policy, save_pretrained
@@ -131,19 +132,15 @@ def main() -> None:
         ("ratio (target >= 1.0)", f"{ours / reference:.2f}"),
         ("agent loop turns/s (target >= 500)", f"{turns:,.0f}"),
     ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value:>10}")
-    summary = {
-        "benchmark": "sampler_decode",
-        "ours": round(ours, 1),
-        "reference": round(reference, 1),
-        "ratio": round(ours / reference, 3),
-        "unit": "tokens/s",
-        "higher_is_better": True,
-        "setup": setup,
-    }
-    print(json.dumps(summary))
+    print_table(rows)
+    print_summary(
+        "sampler_decode",
+        round(ours, 1),
+        round(reference, 1),
+        unit="tokens/s",
+        higher_is_better=True,
+        setup=setup,
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import trafilatura
+from report import print_summary, print_table
 
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
 from dr_jax.tools.calls import ToolCall
@@ -213,36 +214,28 @@ def main() -> None:
         ("extraction overhead (ours/direct time)", f"{ours_ex / ref_ex:.3f}x   (target <= 1.2x)"),
         ("extraction, ours in 2 worker processes", f"{n_pages / pooled:.1f} pages/s (wall)"),
     ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    print(
-        json.dumps(
-            {
-                "benchmark": "tools_concurrency",
-                "ours": round(args.calls / measured, 2),
-                "reference": round(args.calls / ideal, 2),
-                "ratio": round(ideal / measured, 4),
-                "unit": "tool calls/s (reference: ideal at the injected latency)",
-                "higher_is_better": True,
-                "setup": (
-                    f"{args.calls} calls (50% web_search, 50% browse_webpage), concurrency "
-                    f"{args.concurrency}, {args.latency * 1e3:g} ms loopback latency, server in "
-                    f"another process, load average {load:.1f} on {os.cpu_count()} cores, plain "
-                    f"httpx efficiency {ideal / plain:.3f}; extraction "
-                    f"{n_pages / ours_ex:.1f} vs trafilatura "
-                    f"{n_pages / ref_ex:.1f} pages per CPU-second "
-                    f"(overhead {ours_ex / ref_ex:.3f}x)"
-                ),
-                "extraction": {
-                    "ours": round(n_pages / ours_ex, 2),
-                    "reference": round(n_pages / ref_ex, 2),
-                    "ratio": round(ref_ex / ours_ex, 4),
-                    "unit": "pages per CPU-second",
-                    "higher_is_better": True,
-                },
-            }
-        )
+    print_table(rows)
+    print_summary(
+        "tools_concurrency",
+        round(args.calls / measured, 2),
+        round(args.calls / ideal, 2),
+        unit="tool calls/s (reference: ideal at the injected latency)",
+        higher_is_better=True,
+        setup=(
+            f"{args.calls} calls (50% web_search, 50% browse_webpage), concurrency "
+            f"{args.concurrency}, {args.latency * 1e3:g} ms loopback latency, server in "
+            f"another process, load average {load:.1f} on {os.cpu_count()} cores, plain "
+            f"httpx efficiency {ideal / plain:.3f}; extraction "
+            f"{n_pages / ours_ex:.1f} vs trafilatura {n_pages / ref_ex:.1f} pages per "
+            f"CPU-second (overhead {ours_ex / ref_ex:.3f}x)"
+        ),
+        extraction={
+            "ours": round(n_pages / ours_ex, 2),
+            "reference": round(n_pages / ref_ex, 2),
+            "ratio": round(ref_ex / ours_ex, 4),
+            "unit": "pages per CPU-second",
+            "higher_is_better": True,
+        },
     )
 
 

@@ -13,7 +13,6 @@ same batch; both run f32 on CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ import jax
 import numpy as np
 import torch
 import transformers
+from report import print_summary
 
 from dr_jax.models import ModelConfig, init_policy, save_pretrained
 from dr_jax.train import Learner, LossConfig, OptimConfig, TrainBatch
@@ -209,23 +209,17 @@ def main() -> None:
         f"  arguments   {memory.argument_size_in_bytes / 2**20:8.1f} MiB "
         "(params, AdamW moments, batch)"
     )
-    print(
-        json.dumps(
-            {
-                "benchmark": "train_step",
-                "ours": round(ours, 2),
-                "reference": round(ref, 2),
-                "ratio": round(ours / ref, 3),
-                "unit": "tokens/s",
-                "higher_is_better": True,
-                "setup": "one GRPO update (old+ref log-probs, PPO-clip + k3 KL + entropy, AdamW) "
-                f"on "
-                f"{args.batch}x{args.seq} tokens, ModelConfig.tiny (vocab {config.vocab_size}), "
-                f"{int(data['loss_mask'].sum())} trained; f32 CPU; dr_jax Learner (chunk "
-                f"{args.chunk}, trained tokens only) vs transformers+torch "
-                f"{torch.__version__}; median of {args.repeats} after warm-up",
-            }
-        )
+    print_summary(
+        "train_step",
+        round(ours, 2),
+        round(ref, 2),
+        unit="tokens/s",
+        higher_is_better=True,
+        setup="one GRPO update (old+ref log-probs, PPO-clip + k3 KL + entropy, AdamW) on "
+        f"{args.batch}x{args.seq} tokens, ModelConfig.tiny (vocab {config.vocab_size}), "
+        f"{int(data['loss_mask'].sum())} trained; f32 CPU; dr_jax Learner (chunk "
+        f"{args.chunk}, trained tokens only) vs transformers+torch "
+        f"{torch.__version__}; median of {args.repeats} after warm-up",
     )
 
 

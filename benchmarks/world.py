@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+from report import print_summary
+
 TARGET_SECONDS = 10.0
 
 _CHILD = """
@@ -94,18 +96,13 @@ def main() -> None:
             print(f"  {kind:<24} F1 {f1:.4f}")
         setup += f"; oracle F1 {o['f1']:.4f} on {o['questions']} questions"
     ours = rows[0]["build_s"]
-    print(
-        json.dumps(
-            {
-                "benchmark": "world_build_default",
-                "ours": round(ours, 3),
-                "reference": TARGET_SECONDS,
-                "ratio": round(ours / TARGET_SECONDS, 4),
-                "unit": "s",
-                "higher_is_better": False,
-                "setup": setup,
-            }
-        )
+    print_summary(
+        "world_build_default",
+        round(ours, 3),
+        TARGET_SECONDS,
+        unit="s",
+        higher_is_better=False,
+        setup=setup,
     )
 
 
