@@ -179,15 +179,16 @@ class GRPOLoop:
             started = time.perf_counter()
             state, record = await self.step(state, step)
             last = step == cfg.steps
-            if last or step % cfg.save_every == 0:
-                with _phase(record, "time/checkpoint"):
-                    self.checkpointer.save(
-                        state, extra={"grpo_step": step, "data": self.train_data.state_dict()}
-                    )
             if last or (cfg.validate_every and step % cfg.validate_every == 0):
                 record.update(await self.validate())
             record["time/step"] = time.perf_counter() - started
+            # Log, then save: a kill between the two redoes this step after the resume (whose
+            # metrics writer drops records newer than the checkpoint), never loses its record.
             self.metrics.log(step, record)
+            if last or step % cfg.save_every == 0:
+                self.checkpointer.save(
+                    state, extra={"grpo_step": step, "data": self.train_data.state_dict()}
+                )
             self.metrics.advance()
             self.last_record = record
         return state
