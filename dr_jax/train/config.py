@@ -124,7 +124,9 @@ class DataConfig:
 class TrainConfig:
     """A whole training run. The defaults are the embedded default: a tiny random Qwen2-shaped
     policy with the real tokenizer, warm-started on oracle traces, then GRPO against the offline
-    world served on loopback, sampled in-process, on CPU, in minutes."""
+    world served on loopback, sampled in-process, on CPU, in minutes. It samples at T = 0.7
+    (DeepResearcher: 1.0): a tiny policy's low-probability tail breaks the turn format too often
+    at T = 1 for any rollout of a group to score above -1, and GRPO needs one that does."""
 
     run_dir: str = "runs/default"
     """Checkpoints, metrics.jsonl, TensorBoard files and sample dumps; an existing run resumes."""
@@ -133,7 +135,7 @@ class TrainConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     sampler: SamplerConfig = field(
         default_factory=lambda: SamplerConfig(
-            max_new_tokens=64, max_batch_size=32, max_seq_len=2048
+            temperature=0.7, max_new_tokens=160, max_batch_size=32, max_seq_len=2048
         )
     )
     tools: ToolsConfig = field(
@@ -142,14 +144,14 @@ class TrainConfig:
         )
     )
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4))
-    loss: LossConfig = field(default_factory=lambda: LossConfig(kl_coef=0.0))
+    loss: LossConfig = field(default_factory=lambda: LossConfig(kl_coef=0.0, temperature=0.7))
     grpo: GRPOConfig = field(
         default_factory=lambda: GRPOConfig(
             steps=4, questions_per_step=4, group_size=4, micro_batch_size=4, logprob_chunk=128,
-            validate_every=2, val_questions=24,
+            validate_every=2, val_questions=24, val_temperature=0.7,
         )
     )  # fmt: skip
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=120, batch_size=4, lr=5e-3))
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=160, batch_size=4, lr=5e-3))
     data: DataConfig = field(default_factory=lambda: DataConfig(data_sources=("world_1hop",)))
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     max_turns: int = 4
