@@ -16,20 +16,13 @@ from dataclasses import dataclass, field
 from dr_jax.reward import f1_score
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
 from dr_jax.tools.calls import ToolCall
+from dr_jax.world.pages import INFOBOX_LABELS
 from dr_jax.world.questions import Question, Read
 from dr_jax.world.server import WorldServer
 from dr_jax.world.world import World
 
-# fact -> words added to the page title in the search query
-QUERY_WORDS = {
-    "born": "born", "occupation": "occupation", "birthplace": "birthplace",
-    "employer": "employer", "founded": "founded", "population": "population",
-    "elevation": "elevation", "country": "country", "mayor": "mayor",
-    "established": "founded", "employees": "employees", "industry": "industry",
-    "founder": "founder", "headquarters": "headquarters", "released": "released",
-    "length": "length", "creator": "creator", "publisher": "publisher", "held": "held",
-    "attendance": "attendance", "location": "location", "organiser": "organiser",
-}  # fmt: skip
+# fact -> words added to the page title in the search query: the page's own infobox label
+QUERY_WORDS = {fact: label.lower() for fact, label in INFOBOX_LABELS.items()}
 FACT_NAMES = {  # fact -> how the oracle's reasoning names it
     "born": "birth year", "founded": "founding year", "established": "founding year",
     "released": "release year", "held": "year", "employees": "number of employees",
