@@ -14,7 +14,6 @@ the final assistant turn counts, and a format error there scores 0 rather than -
 import asyncio
 import contextlib
 import json
-import re
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,7 +26,7 @@ from tqdm import tqdm
 from dr_jax.config import PolicyConfig, SamplerConfig
 from dr_jax.data import QAExample, examples_from_questions, load_dataset
 from dr_jax.judge import Judge, JudgeConfig, Verdict
-from dr_jax.reward import last_turn_scores, tags_balanced
+from dr_jax.reward import last_turn_answer, last_turn_scores
 from dr_jax.rollout import (
     Agent,
     AgentConfig,
@@ -53,7 +52,6 @@ ASSISTANT_TURN = "<|im_start|>assistant"
 USER_TURN = "<|im_start|>user\n"
 END_OF_TURN = "<|im_end|>"
 TOOL_RESPONSE = "<|im_start|>user\n<tool_response>"
-ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 WORLD = "world"
 PAPER_ORDER = ("nq", "tq", "hotpotqa", "2wiki", "musique", "Bamboogle", "popqa")
 PAPER_RESULTS = {  # DeepResearcher-7B, paper Tables 1-2: (F1 %, MBE judge %)
@@ -143,19 +141,6 @@ class EvalConfig:
         }
 
 
-def final_answer(text: str) -> str | None:
-    """The answer of a trajectory's last assistant turn, or None on a format error there.
-
-    Mirrors `reward.last_turn_scores` (reference §13.3), whose lower-cased scoring text it
-    matches; this keeps the prediction's original case for the record and the judge.
-    """
-    turn = text.split(ASSISTANT_TURN)[-1]
-    match = ANSWER.search(turn)
-    if match is None or not tags_balanced(turn.lower()):
-        return None
-    return match.group(1).strip()
-
-
 @dataclass
 class SampleRecord:
     """One line of samples.jsonl."""
@@ -206,7 +191,7 @@ def make_record(
         question=example.question,
         gold=list(example.answers),
         trajectory=text,
-        prediction=final_answer(text),
+        prediction=last_turn_answer(text),
         f1=f1,
         em=em,
         judge=None if verdict is None else verdict.score,
@@ -227,7 +212,7 @@ async def judge_all(
     """Verdicts on each text's final answer, concurrently (None for all when no judge)."""
     if judge is None:
         return [None] * len(examples)
-    predictions = [final_answer(t) for t in texts]
+    predictions = [last_turn_answer(t) for t in texts]
     calls = [
         judge.judge(e.question, list(e.answers), p)
         for e, p in zip(examples, predictions, strict=True)

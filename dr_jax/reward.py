@@ -21,6 +21,8 @@ CHECKED_TAGS = ("tool_call", "think", "answer")
 
 _PUNCTUATION = str.maketrans(dict.fromkeys(string.punctuation, " "))
 _FIRST_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_FIRST_ANSWER_ANY_CASE = re.compile(_FIRST_ANSWER.pattern, re.DOTALL | re.IGNORECASE)
+_ASSISTANT_TURN = re.compile(re.escape("<|im_start|>assistant"), re.IGNORECASE)
 
 
 def normalize_answer(text: str) -> str:
@@ -97,15 +99,25 @@ def deepresearcher_score(
     return exact_match(answer, aliases) if metric == "em" else f1_score(answer, aliases)
 
 
+def last_turn_answer(message_str: str) -> str | None:
+    """The first answer of the last assistant turn, in its original case (stripped), or None
+    when that turn has a format error or no answer. Tags and the turn marker match in any
+    case, as they do in DeepResearcher's lower-cased scoring text."""
+    turn = _ASSISTANT_TURN.split(message_str)[-1]
+    if not tags_balanced(turn.lower()):
+        return None
+    match = _FIRST_ANSWER_ANY_CASE.search(turn)
+    return None if match is None else match.group(1).strip()
+
+
 def last_turn_scores(message_str: str, ground_truth: str | Sequence[str]) -> tuple[float, float]:
     """(F1, EM) as DeepResearcher's offline scorer computed them (reference §13.3).
 
     Only the text after the last `<|im_start|>assistant` is scored, and a format error (or no
     answer) scores 0 rather than −1; the first answer of that turn is taken.
     """
-    turn = message_str.lower().split("<|im_start|>assistant")[-1]
-    answer = extract_answer(turn) if tags_balanced(turn) else None
+    answer = last_turn_answer(message_str)
     if answer is None:
         return 0.0, 0.0
-    aliases = [alias.lower() for alias in gold_aliases(ground_truth)]
+    answer, aliases = answer.lower(), [alias.lower() for alias in gold_aliases(ground_truth)]
     return f1_score(answer, aliases), exact_match(answer, aliases)

@@ -10,8 +10,8 @@ import pytest
 from test_judge import OpenAIStandIn
 
 from dr_jax.data import composition, load_dataset
-from dr_jax.eval import final_answer, render_markdown, summarize
-from dr_jax.reward import last_turn_scores
+from dr_jax.eval import render_markdown, summarize
+from dr_jax.reward import last_turn_answer, last_turn_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"2wiki", "popqa", "tq", "hotpotqa", "nq", "musique", "Bamboogle"}
@@ -56,7 +56,7 @@ def deepresearcher_message(question: str, final_turn: str, tool_turns: int = 1) 
 )
 def test_only_the_final_turn_is_scored_and_format_errors_score_zero(final_turn, prediction, f1, em):
     text = deepresearcher_message("Which bridge?", final_turn)
-    assert final_answer(text) == prediction
+    assert last_turn_answer(text) == prediction
     assert last_turn_scores(text, ["Rialto Bridge"]) == pytest.approx((f1, em))
 
 
@@ -64,7 +64,7 @@ def test_an_answer_in_an_earlier_turn_does_not_count():
     early = "<think> a </think>\n<answer>Rialto Bridge</answer>"
     text = deepresearcher_message("Which bridge?", early, tool_turns=0)
     text += "\n<|im_start|>assistant\n<think> more </think>\n<tool_call>\n{}\n</tool_call>"
-    assert final_answer(text) is None
+    assert last_turn_answer(text) is None
 
 
 def test_summary_is_a_macro_average_in_the_paper_order():
