@@ -19,6 +19,9 @@ from dr_jax.tools.errors import ToolError
 from dr_jax.tools.extract import Document, extract_document
 from dr_jax.tools.fetch import Fetched
 
+READY = b"ready\n"
+"""A worker's first line: its imports (about 0.5 s of CPU) are done and it takes pages."""
+
 
 def _extract_reply(fetched: Fetched, text_format: str) -> tuple[bool, Document | ToolError]:
     """(True, document) or (False, the ToolError to observe); never raises."""
@@ -39,14 +42,17 @@ def _overtime(signum: int, frame: object) -> None:
 
 
 def serve_stdio() -> None:
-    """Worker loop: 8-byte length + pickle of (Fetched, text_format, seconds) in on stdin, the
-    same framing of `_extract_reply` out on stdout, in request order. A page that takes longer
-    than `seconds` is abandoned by an alarm. Pickle is safe here: both ends are ours."""
+    """Worker loop: "ready" once the imports are done, then 8-byte length + pickle of
+    (Fetched, text_format, seconds) in on stdin, the same framing of `_extract_reply` out on
+    stdout, in request order. A page that takes longer than `seconds` is abandoned by an alarm.
+    Pickle is safe here: both ends are ours."""
     requests = sys.stdin.buffer
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints from libraries go to stderr, not into the replies
     signal.signal(signal.SIGALRM, _overtime)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; we exit on EOF
+    replies.write(READY)
+    replies.flush()
     while header := requests.read(8):
         fetched, text_format, seconds = pickle.loads(requests.read(int.from_bytes(header, "big")))
         try:
@@ -119,7 +125,8 @@ class Extractor:
         self._spawning: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        """Start the workers now, so the first page does not pay for process start-up."""
+        """Start the workers and wait until they are ready, so neither the first pages nor the
+        calls running meanwhile pay for their start-up."""
         await asyncio.gather(*(self._spawn() for _ in range(self._size)))
 
     async def _spawn(self) -> None:
@@ -130,6 +137,9 @@ class Extractor:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
+        if await process.stdout.readline() != READY:  # it died starting: pages go to a thread
+            await process.wait()
+            return
         self._workers.append(_Worker(process, self._replace))
 
     def _replace(self, worker: _Worker) -> None:
