@@ -5,6 +5,7 @@
     dispatch.py      cache -> in-flight de-dup -> per-host/global limits -> bounded retries
     cache.py         SQLite cache shared by processes (TTL, replay) and an in-process LRU
     search.py        backends: SearXNG / the offline world, Serper, local BM25 (+ index build)
+    http.py          HTTP/1.1 client: h11 over asyncio streams, kept-alive connections
     fetch.py         HTTP with deadlines, byte cap, hand-followed and re-checked redirects
     urlsafety.py     refuse private, loopback, link-local and metadata addresses
     extract.py       HTML (trafilatura), PDF (pypdf) and text to readable text; windows
@@ -18,7 +19,7 @@
     __main__.py      python -m dr_jax.tools search | browse | index
 
 Names are imported on first use, so `dr_jax.tools.calls` or the extraction workers do not pay
-for httpx, trafilatura and the executor when they need none of them.
+for the HTTP client, trafilatura and the executor when they need none of them.
 """
 
 import importlib

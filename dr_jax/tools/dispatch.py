@@ -12,16 +12,14 @@ import itertools
 import random
 import sqlite3
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
-
-import httpx
 
 from dr_jax.tools.cache import MemoryCache, ToolCache
 from dr_jax.tools.config import ToolsConfig
 from dr_jax.tools.errors import ToolError, ToolsSetupError
-from dr_jax.tools.fetch import ClientPool
+from dr_jax.tools.http import HttpClient
 from dr_jax.tools.metrics import ToolMetrics
 
 T = TypeVar("T")
@@ -40,12 +38,19 @@ class Dispatcher:
         self._host_limits: weakref.WeakValueDictionary[str, asyncio.Semaphore] = (
             weakref.WeakValueDictionary()
         )
-        self._clients: ClientPool | None = None
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self.http: HttpClient | None = None
+        """The client for every request; direct use (start-up checks) is outside the limits."""
         self._cache: ToolCache | None = None
 
     async def start(self) -> None:
         cfg = self.config
-        self._clients = ClientPool(cfg)
+        self.http = HttpClient(
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
+            user_agent=cfg.user_agent,
+            max_idle=cfg.concurrency,
+        )
         if cfg.cache_path:
             path = Path(cfg.cache_path)
             if cfg.replay and not path.is_file():
@@ -60,18 +65,12 @@ class Dispatcher:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        if self._clients is not None:
-            await self._clients.aclose()
-            self._clients = None
+        if self.http is not None:
+            await self.http.aclose()
+            self.http = None
         if self._cache is not None:
             self._cache.close()
             self._cache = None
-
-    @contextlib.asynccontextmanager
-    async def client(self) -> AsyncIterator[httpx.AsyncClient]:
-        """A client for a one-off request outside the limits (start-up checks)."""
-        async with self._clients.lease() as client:
-            yield client
 
     async def once(
         self, kind: str, key: str, ttl: float, produce: Callable[[], Awaitable[str]]
@@ -115,11 +114,9 @@ class Dispatcher:
             limit = self._host_limits[host] = asyncio.Semaphore(self.config.per_host)
         return limit
 
-    async def attempt(
-        self, request: Callable[[httpx.AsyncClient], Awaitable[T]], host: str | None
-    ) -> T:
-        """Run `request(client)` under the limits (`host`'s, when given, and a client lease,
-        which is the global one), retrying retryable ToolErrors.
+    async def attempt(self, request: Callable[[HttpClient], Awaitable[T]], host: str | None) -> T:
+        """Run `request(client)` under the limits (`host`'s, when given, and the global one),
+        retrying retryable ToolErrors.
 
         Wait before retry n (0-based) ~ U(0, min(backoff_max, backoff_base * 2**n)), or the
         server's Retry-After when it gives one (refused when longer than backoff_max).
@@ -129,9 +126,9 @@ class Dispatcher:
             try:
                 # Host first: waiting for a busy host must not hold one of the global slots.
                 host_limit = self._host_limit(host) if host else contextlib.nullcontext()
-                async with host_limit, self._clients.lease() as client:
+                async with host_limit, self._slots:
                     self._metrics.counts["requests"] += 1
-                    return await request(client)
+                    return await request(self.http)
             except ToolError as e:
                 if not e.retryable or n == cfg.retries:
                     raise

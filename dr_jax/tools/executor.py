@@ -16,14 +16,13 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from dr_jax.tools.calls import ToolCall
 from dr_jax.tools.config import ToolsConfig
 from dr_jax.tools.dispatch import Dispatcher
 from dr_jax.tools.errors import ToolError, ToolsSetupError
 from dr_jax.tools.extract import Document, split_windows
 from dr_jax.tools.fetch import fetch_page
+from dr_jax.tools.http import HttpError
 from dr_jax.tools.metrics import ToolMetrics
 from dr_jax.tools.observations import (
     PageResult,
@@ -93,8 +92,7 @@ class ToolExecutor:
         try:
             await self._dispatch.start()
             if self._backend is not None and (not cfg.replay or cfg.search_backend == "local"):
-                async with self._dispatch.client() as client:
-                    await self._backend.start(client)
+                await self._backend.start(self._dispatch.http)
             if cfg.reader == "llm" and not cfg.replay:
                 await self._check_reader()
             self._extractor = Extractor(cfg.extract_workers, cfg.extract_timeout)
@@ -106,11 +104,10 @@ class ToolExecutor:
     async def _check_reader(self) -> None:
         url = (self.config.reader_url or "").rstrip("/") + "/models"
         try:
-            async with self._dispatch.client() as client:
-                await client.get(url, timeout=self.config.request_timeout)
-        except httpx.HTTPError as e:
+            await self._dispatch.http.request("GET", url, timeout=self.config.request_timeout)
+        except HttpError as e:
             raise ToolsSetupError(
-                f"reader LLM at {self.config.reader_url} is unreachable ({e!r}); start it or fix "
+                f"reader LLM at {self.config.reader_url} is unreachable ({e}); start it or fix "
                 "reader_url (an OpenAI-compatible base URL ending in /v1)"
             ) from None
 

@@ -3,53 +3,15 @@
 import asyncio
 import contextlib
 import email.utils
-import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
-import certifi
-import httpx
-
 from dr_jax.tools.config import ToolsConfig
 from dr_jax.tools.errors import ToolError
+from dr_jax.tools.http import HttpClient, HttpError, HttpTimeout, Response
 from dr_jax.tools.urlsafety import check_peer, check_url
-
-
-class ClientPool:
-    """`cfg.concurrency` single-connection httpx clients, lent out one request at a time.
-
-    A lease is also the global concurrency limit: at most that many requests are in flight.
-    httpcore's pool does work proportional to (connections x waiting requests) on every
-    scheduling step, which dominates at 64 requests in flight in one client; a client per
-    request keeps that cost flat, and an idle client keeps its connection alive for the next.
-    """
-
-    def __init__(self, cfg: ToolsConfig) -> None:
-        tls = ssl.create_default_context(cafile=certifi.where())
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        timeout = httpx.Timeout(cfg.read_timeout, connect=cfg.connect_timeout)
-        # trust_env=False: no proxy from the environment, so the peer-address check sees the
-        # real server (through a proxy it would see the proxy).
-        self._clients = [
-            httpx.AsyncClient(verify=tls, limits=limits, timeout=timeout, trust_env=False)
-            for _ in range(cfg.concurrency)
-        ]
-        self._idle: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
-        for client in self._clients:
-            self._idle.put_nowait(client)
-
-    @contextlib.asynccontextmanager
-    async def lease(self) -> AsyncIterator[httpx.AsyncClient]:
-        client = await self._idle.get()
-        try:
-            yield client
-        finally:
-            self._idle.put_nowait(client)
-
-    async def aclose(self) -> None:
-        await asyncio.gather(*(client.aclose() for client in self._clients))
 
 
 @dataclass(frozen=True)
@@ -78,9 +40,9 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def raise_for_status(response: httpx.Response, what: str) -> None:
+def raise_for_status(response: Response, what: str) -> None:
     """Map an HTTP error status to a ToolError whose kind drives retries (5xx and 429 retry)."""
-    code = response.status_code
+    code = response.status
     if code < 400:
         return
     if code == 429:
@@ -95,18 +57,18 @@ def raise_for_status(response: httpx.Response, what: str) -> None:
 
 @contextlib.contextmanager
 def transport_errors(what: str, deadline: float) -> Iterator[None]:
-    """Turn httpx and deadline exceptions into ToolErrors the executor can observe and retry."""
+    """Turn transport and deadline exceptions into ToolErrors the executor can observe and retry."""
     try:
         yield
     except TimeoutError:
         raise ToolError("timeout", f"{what} timed out after {deadline:g} s") from None
-    except httpx.TimeoutException:
-        raise ToolError("timeout", f"{what} timed out") from None
-    except httpx.TransportError as e:
-        raise ToolError("network", f"{what} failed: {type(e).__name__}: {e}") from None
+    except HttpTimeout as e:
+        raise ToolError("timeout", f"{what} timed out ({e})") from None
+    except HttpError as e:
+        raise ToolError("network", f"{what} failed: {e}") from None
 
 
-async def fetch_page(client: httpx.AsyncClient, url: str, cfg: ToolsConfig) -> Fetched:
+async def fetch_page(client: HttpClient, url: str, cfg: ToolsConfig) -> Fetched:
     """GET `url`, following at most `cfg.max_redirects` redirects by hand so each hop passes
     `check_url`; refuse bodies over `cfg.max_bytes`; give up after `cfg.request_timeout` s."""
     seen: set[str] = set()
@@ -117,13 +79,8 @@ async def fetch_page(client: httpx.AsyncClient, url: str, cfg: ToolsConfig) -> F
                     raise ToolError("redirect_loop", f"redirect loop at {url}")
                 seen.add(url)
                 await check_url(url, cfg.allow_hosts)
-                async with client.stream(
-                    "GET", url, headers={"user-agent": cfg.user_agent}, follow_redirects=False
-                ) as response:
-                    stream = response.extensions.get("network_stream")
-                    peer = stream.get_extra_info("server_addr") if stream else None
-                    if peer:
-                        check_peer(url, peer[0], cfg.allow_hosts)
+                async with client.stream("GET", url) as response:
+                    check_peer(url, response.peer, cfg.allow_hosts)
                     if response.is_redirect:
                         url = urljoin(url, response.headers["location"])
                         continue
@@ -132,12 +89,12 @@ async def fetch_page(client: httpx.AsyncClient, url: str, cfg: ToolsConfig) -> F
     raise ToolError("redirect_loop", f"more than {cfg.max_redirects} redirects from {url}")
 
 
-async def _read_capped(response: httpx.Response, url: str, max_bytes: int) -> Fetched:
+async def _read_capped(response: Response, url: str, max_bytes: int) -> Fetched:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise ToolError("too_large", f"{url} is {int(declared):,} bytes (limit {max_bytes:,})")
     body = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in response:
         body += chunk
         if len(body) > max_bytes:
             raise ToolError("too_large", f"{url} is larger than {max_bytes:,} bytes")

@@ -11,10 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from dr_jax.tools.errors import ToolError
 from dr_jax.tools.fetch import raise_for_status, transport_errors
+from dr_jax.tools.http import HttpClient
 
 # The project's own reading prompt. A prompt file may replace it; it is filled with str.format
 # and may use {question} {query} {memory} {page} {pages} {content} (page is 1-based), or the
@@ -112,7 +111,7 @@ def render_prompt(
 
 
 async def chat_completion(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     base_url: str,
     model: str,
     prompt: str,
@@ -126,9 +125,10 @@ async def chat_completion(
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     with transport_errors("reader LLM", timeout):
         async with asyncio.timeout(timeout):
-            response = await client.post(
+            response = await client.request(
+                "POST",
                 base_url.rstrip("/") + "/chat/completions",
-                json={
+                json_body={
                     "model": model,
                     "messages": [{"role": "user", "content": prompt}],
                     "temperature": temperature,

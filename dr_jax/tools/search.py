@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import httpx
-
 from dr_jax.tools.config import SERPER_URL, ToolsConfig
 from dr_jax.tools.errors import ToolError, ToolsSetupError
 from dr_jax.tools.extract import Document
 from dr_jax.tools.fetch import raise_for_status, transport_errors
+from dr_jax.tools.http import HttpClient, HttpError, Response
 
 
 @dataclass(frozen=True)
@@ -32,10 +31,10 @@ class SearchHit:
 class SearchBackend(Protocol):
     name: str
 
-    async def start(self, client: httpx.AsyncClient) -> None:
+    async def start(self, client: HttpClient) -> None:
         """Check the backend can answer; raise ToolsSetupError with the fix otherwise."""
 
-    async def search(self, client: httpx.AsyncClient, query: str, top_k: int) -> list[SearchHit]:
+    async def search(self, client: HttpClient, query: str, top_k: int) -> list[SearchHit]:
         """Up to `top_k` hits; raises ToolError on failures the executor may retry."""
 
     def document(self, url: str) -> Document | None:
@@ -58,7 +57,7 @@ def _hits(items: object, url_key: str, snippet_key: str, top_k: int) -> list[Sea
     return hits[:top_k]
 
 
-def _json(response: httpx.Response, what: str) -> dict:
+def _json(response: Response, what: str) -> dict:
     try:
         data = response.json()
     except ValueError:
@@ -76,17 +75,17 @@ class SearxngBackend:
         self._endpoint = url.rstrip("/") + "/search"
         self._timeout = timeout
 
-    async def _get(self, client: httpx.AsyncClient, query: str, top_k: int) -> dict:
+    async def _get(self, client: HttpClient, query: str, top_k: int) -> dict:
         what = f"{self.name} search"
         with transport_errors(what, self._timeout):
             async with asyncio.timeout(self._timeout):
-                response = await client.get(
-                    self._endpoint, params={"q": query, "format": "json", "count": top_k}
+                response = await client.request(
+                    "GET", self._endpoint, params={"q": query, "format": "json", "count": top_k}
                 )
         raise_for_status(response, what)
         return _json(response, what)
 
-    async def start(self, client: httpx.AsyncClient) -> None:
+    async def start(self, client: HttpClient) -> None:
         try:
             data = await self._get(client, "test", 1)
         except ToolError as e:
@@ -98,7 +97,7 @@ class SearxngBackend:
         if "results" not in data:
             raise ToolsSetupError(f"{self._endpoint} did not return SearXNG JSON (no 'results')")
 
-    async def search(self, client: httpx.AsyncClient, query: str, top_k: int) -> list[SearchHit]:
+    async def search(self, client: HttpClient, query: str, top_k: int) -> list[SearchHit]:
         data = await self._get(client, query, top_k)
         return _hits(data.get("results"), "url", "content", top_k)
 
@@ -123,20 +122,21 @@ class SerperBackend:
     def __repr__(self) -> str:  # never show the key
         return f"SerperBackend(url={self._url!r})"
 
-    async def start(self, client: httpx.AsyncClient) -> None:
+    async def start(self, client: HttpClient) -> None:
         """Reachability without spending a paid query: any HTTP answer from the host will do."""
         try:
-            await client.head(self._url, timeout=self._timeout)
-        except httpx.HTTPError as e:
-            raise ToolsSetupError(f"Serper at {self._url} is unreachable: {e!r}") from None
+            await client.request("HEAD", self._url, timeout=self._timeout)
+        except HttpError as e:
+            raise ToolsSetupError(f"Serper at {self._url} is unreachable: {e}") from None
 
-    async def search(self, client: httpx.AsyncClient, query: str, top_k: int) -> list[SearchHit]:
+    async def search(self, client: HttpClient, query: str, top_k: int) -> list[SearchHit]:
         with transport_errors("serper search", self._timeout):
             async with asyncio.timeout(self._timeout):
-                response = await client.post(
+                response = await client.request(
+                    "POST",
                     self._url,
-                    json={"q": query, "num": top_k, "gl": "us", "hl": "en"},
-                    headers={"X-API-KEY": self._key},
+                    json_body={"q": query, "num": top_k, "gl": "us", "hl": "en"},
+                    headers={"x-api-key": self._key},
                 )
         raise_for_status(response, "serper search")
         return _hits(_json(response, "serper search").get("organic"), "link", "snippet", top_k)
@@ -197,7 +197,7 @@ class LocalBM25Backend:
         self._retriever = None
         self._by_url: dict[str, dict] = {}
 
-    async def start(self, client: httpx.AsyncClient) -> None:
+    async def start(self, client: HttpClient) -> None:
         if not (Path(self._dir) / "params.index.json").is_file():
             raise ToolsSetupError(
                 f"no BM25 index at {self._dir}: build it with "
@@ -233,7 +233,7 @@ class LocalBM25Backend:
             if score > 0
         ]
 
-    async def search(self, client: httpx.AsyncClient, query: str, top_k: int) -> list[SearchHit]:
+    async def search(self, client: HttpClient, query: str, top_k: int) -> list[SearchHit]:
         return await asyncio.to_thread(self._search, query, top_k)
 
     def document(self, url: str) -> Document | None:
