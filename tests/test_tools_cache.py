@@ -28,7 +28,10 @@ def _searxng(server_url: str):
             q = request.query["q"]
             results = [{"title": f"Owls {q}", "url": f"{server_url()}/owl.html", "content": q}]
             body = {"query": q, "number_of_results": 1, "results": results}
-            return Reply(body=json.dumps(body).encode(), content_type="application/json")
+            # "slow ..." queries keep identical concurrent calls in flight together
+            delay = 0.2 if q.startswith("slow") else 0.0
+            data = json.dumps(body).encode()
+            return Reply(body=data, content_type="application/json", delay=delay)
         return Reply(body=PAGE) if request.path == "/owl.html" else Reply(status=404)
 
     return handle
@@ -129,7 +132,7 @@ def test_identical_concurrent_requests_are_made_once(web, tmp_path):
     async def scenario():
         config = _config(web, tmp_path / "c.sqlite")
         async with ToolExecutor(config) as tools:
-            calls = [ToolCall("web_search", {"query": ["same question"]})] * 20
+            calls = [ToolCall("web_search", {"query": ["slow same question"]})] * 20
             texts = await asyncio.gather(*(tools.execute(c, ToolSession("q")) for c in calls))
             return texts, tools.metrics()
 

@@ -7,12 +7,18 @@ from dataclasses import dataclass
 import lxml.html
 import pypdf
 import trafilatura
+from trafilatura.settings import Extractor
 
 from dr_jax.tools.errors import ToolError
 from dr_jax.tools.fetch import Fetched
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 _TEXT_TYPES = ("application/json", "application/xml", "text/xml")
+# trafilatura.extract's options (main text and tables, no comments) built once: extract()
+# otherwise rebuilds them from its config file's parser on every page (~15% of a small page).
+_OPTIONS = {
+    fmt: Extractor(output_format=fmt, comments=False, tables=True) for fmt in ("markdown", "txt")
+}
 
 
 @dataclass(frozen=True)
@@ -37,12 +43,8 @@ def _from_html(body: bytes, url: str, text_format: str) -> tuple[str, str]:
     if tree is None:
         raise ToolError("unreadable", f"{url} is not parseable HTML")
     title = _html_title(tree)
-    text = trafilatura.extract(
-        tree,
-        output_format="markdown" if text_format == "markdown" else "txt",
-        include_comments=False,
-        include_tables=True,
-    )
+    options = _OPTIONS["markdown" if text_format == "markdown" else "txt"]
+    text = trafilatura.extract(tree, options=options)
     return title, text or ""
 
 

@@ -38,17 +38,13 @@ class HttpTimeout(HttpError):
     """No connection within the connect timeout, or no data within the read timeout."""
 
 
-@contextlib.asynccontextmanager
-async def _limit(seconds: float, what: str) -> AsyncIterator[None]:
-    """`what` must finish within `seconds`, else HttpTimeout; OSError and h11's protocol
-    errors become HttpError."""
-    try:
-        async with asyncio.timeout(seconds):
-            yield
-    except TimeoutError:
-        raise HttpTimeout(f"{what}: no progress within {seconds:g} s") from None
-    except (OSError, h11.ProtocolError) as e:
-        raise HttpError(f"{what}: {type(e).__name__}: {e}") from None
+_IO_ERRORS = (OSError, h11.ProtocolError)  # OSError includes TimeoutError
+
+
+def _failure(error: Exception, what: str, seconds: float) -> HttpError:
+    if isinstance(error, TimeoutError):
+        return HttpTimeout(f"{what}: no progress within {seconds:g} s")
+    return HttpError(f"{what}: {type(error).__name__}: {error}")
 
 
 class _Connection:
@@ -63,20 +59,33 @@ class _Connection:
         self.peer: str = writer.get_extra_info("peername")[0]
         self.idle_since = 0.0
 
-    async def send(self, request: h11.Request, body: bytes, timeout: float) -> None:
+    async def exchange(self, request: h11.Request, body: bytes, timeout: float) -> h11.Response:
+        """Send the request; the response's head once it has arrived."""
         data = self.protocol.send(request)
         if body:
             data += self.protocol.send(h11.Data(data=body))
         self.writer.write(data + self.protocol.send(h11.EndOfMessage()))
-        async with _limit(timeout, "sending the request"):
-            await self.writer.drain()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.writer.drain()
+        except _IO_ERRORS as e:
+            raise _failure(e, "sending the request", timeout) from None
+        head = await self.receive(timeout)
+        while isinstance(head, h11.InformationalResponse):  # 100 Continue and the like
+            head = await self.receive(timeout)
+        return head
 
     async def receive(self, timeout: float) -> Any:
-        """The next h11 event (h11.Response, h11.Data, h11.EndOfMessage), reading as needed."""
-        async with _limit(timeout, "reading the response"):
+        """The next h11 event (h11.Response, h11.Data, h11.EndOfMessage), reading as needed;
+        `timeout` bounds each read."""
+        try:
             while (event := self.protocol.next_event()) is h11.NEED_DATA:
-                self.protocol.receive_data(await self.reader.read(CHUNK))
-            return event
+                async with asyncio.timeout(timeout):
+                    data = await self.reader.read(CHUNK)
+                self.protocol.receive_data(data)
+        except _IO_ERRORS as e:
+            raise _failure(e, "reading the response", timeout) from None
+        return event
 
     def finished(self) -> bool:
         """The exchange is complete and the connection can carry the next one."""
@@ -112,7 +121,7 @@ class Response:
         self.headers = headers
         self.peer = connection.peer
         self.body = b""
-        self._connection = connection
+        self.connection = connection
         self._timeout = read_timeout
         self._decoder = _decoder(headers.get("content-encoding", "").strip().lower())
         self._ended = False
@@ -138,7 +147,7 @@ class Response:
                 return self._decompress(decoder.unconsumed_tail)
             if self._ended:
                 raise StopAsyncIteration
-            event = await self._connection.receive(self._timeout)
+            event = await self.connection.receive(self._timeout)
             if isinstance(event, h11.EndOfMessage):
                 self._ended = True
                 continue
@@ -192,8 +201,45 @@ class HttpClient:
         self._tls = ssl.create_default_context(cafile=certifi.where())
         self._idle: list[_Connection] = []  # oldest first
 
-    async def _connection(self, scheme: str, host: str, port: int) -> _Connection:
-        origin, now = (scheme, host, port), time.monotonic()
+    def _prepare(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, Any] | None,
+        headers: dict[str, str] | None,
+        body: bytes,
+    ) -> tuple[tuple[str, str, int], h11.Request]:
+        """The origin to connect to and the request to send."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.scheme not in ("http", "https") or not host:
+            raise HttpError(f"cannot request {url!r}: not an http(s) URL with a host")
+        default_port = 443 if parts.scheme == "https" else 80
+        try:
+            host = host if host.isascii() else host.encode("idna").decode("ascii")
+            port = parts.port or default_port
+        except (UnicodeError, ValueError) as e:
+            raise HttpError(f"cannot request {url!r}: {e}") from None
+        authority = f"[{host}]" if ":" in host else host
+        fields = {
+            "host": authority if port == default_port else f"{authority}:{port}",
+            "user-agent": self._user_agent,
+            "accept": "*/*",
+            "accept-encoding": "gzip, deflate",
+            **(headers or {}),
+        }
+        if body:
+            fields["content-length"] = str(len(body))
+        target = _target(parts.path, parts.query, params)
+        try:
+            request = h11.Request(method=method, target=target, headers=list(fields.items()))
+        except h11.LocalProtocolError as e:
+            raise HttpError(f"cannot request {url!r}: {e}") from None
+        return (parts.scheme, host, port), request
+
+    async def _connection(self, origin: tuple[str, str, int]) -> _Connection:
+        """The most recently used live idle connection to `origin`, else a new one."""
+        now = time.monotonic()
         while self._idle and not self._idle[0].alive(now):
             self._idle.pop(0).close()
         for i in range(len(self._idle) - 1, -1, -1):
@@ -202,15 +248,40 @@ class HttpClient:
                 if connection.alive(now):
                     return connection
                 connection.close()
+        scheme, host, port = origin
         tls = self._tls if scheme == "https" else None
-        async with _limit(self._connect_timeout, f"connecting to {host}:{port}"):
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=tls, server_hostname=host if tls else None, limit=CHUNK
-            )
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=tls, server_hostname=host if tls else None, limit=CHUNK
+                )
+        except _IO_ERRORS as e:
+            raise _failure(e, f"connecting to {host}:{port}", self._connect_timeout) from None
         return _Connection(origin, reader, writer)
 
-    def _release(self, connection: _Connection, response: Response | None) -> None:
-        if response is None or not response.complete or not connection.finished():
+    async def _open(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, Any] | None,
+        headers: dict[str, str] | None,
+        body: bytes,
+        timeout: float | None,
+    ) -> Response:
+        origin, request = self._prepare(method, url, params, headers, body)
+        read_timeout = timeout or self._read_timeout
+        connection = await self._connection(origin)
+        try:
+            head = await connection.exchange(request, body, read_timeout)
+        except BaseException:
+            connection.close()
+            raise
+        return Response(connection, head, read_timeout)
+
+    def _release(self, response: Response) -> None:
+        """Keep the connection for the next request if this one is complete, else close it."""
+        connection = response.connection
+        if not response.complete or not connection.finished():
             connection.close()
             return
         connection.protocol.start_next_cycle()
@@ -230,48 +301,14 @@ class HttpClient:
         body: bytes = b"",
         timeout: float | None = None,
     ) -> AsyncIterator[Response]:
-        """The response once its head has arrived; the body is read inside the block. A body
-        left unread closes the connection instead of returning it to the pool."""
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if parts.scheme not in ("http", "https") or not host:
-            raise HttpError(f"cannot request {url!r}: not an http(s) URL with a host")
+        """The response once its head has arrived; the body is read inside the block (a body
+        left unread closes the connection instead of returning it to the pool). `timeout`
+        replaces the client's read timeout."""
+        response = await self._open(method, url, params, headers, body, timeout)
         try:
-            host = host if host.isascii() else host.encode("idna").decode("ascii")
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except (UnicodeError, ValueError) as e:
-            raise HttpError(f"cannot request {url!r}: {e}") from None
-        default_port = port == (443 if parts.scheme == "https" else 80)
-        authority = f"[{host}]" if ":" in host else host
-        request_headers = {
-            "host": authority if default_port else f"{authority}:{port}",
-            "user-agent": self._user_agent,
-            "accept": "*/*",
-            "accept-encoding": "gzip, deflate",
-            **(headers or {}),
-        }
-        if body:
-            request_headers["content-length"] = str(len(body))
-        read_timeout = timeout or self._read_timeout
-        connection = await self._connection(parts.scheme, host, port)
-        response = None
-        try:
-            try:
-                request = h11.Request(
-                    method=method,
-                    target=_target(parts.path, parts.query, params),
-                    headers=list(request_headers.items()),
-                )
-            except h11.LocalProtocolError as e:
-                raise HttpError(f"cannot request {url!r}: {e}") from None
-            await connection.send(request, body, read_timeout)
-            head = await connection.receive(read_timeout)
-            while isinstance(head, h11.InformationalResponse):  # 100 Continue and the like
-                head = await connection.receive(read_timeout)
-            response = Response(connection, head, read_timeout)
             yield response
         finally:
-            self._release(connection, response)
+            self._release(response)
 
     async def request(
         self,
@@ -288,10 +325,11 @@ class HttpClient:
         if json_body is not None:
             body = json.dumps(json_body).encode()
             headers = {"content-type": "application/json", **(headers or {})}
-        async with self.stream(
-            method, url, params=params, headers=headers, body=body, timeout=timeout
-        ) as response:
+        response = await self._open(method, url, params, headers, body, timeout)
+        try:
             await response.read()
+        finally:
+            self._release(response)
         return response
 
     async def aclose(self) -> None:
