@@ -65,11 +65,12 @@ class _Connection:
         if body:
             data += self.protocol.send(h11.Data(data=body))
         self.writer.write(data + self.protocol.send(h11.EndOfMessage()))
-        try:
-            async with asyncio.timeout(timeout):
-                await self.writer.drain()
-        except _IO_ERRORS as e:
-            raise _failure(e, "sending the request", timeout) from None
+        if self.writer.transport.get_write_buffer_size():  # the socket did not take it all
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.writer.drain()
+            except _IO_ERRORS as e:
+                raise _failure(e, "sending the request", timeout) from None
         head = await self.receive(timeout)
         while isinstance(head, h11.InformationalResponse):  # 100 Continue and the like
             head = await self.receive(timeout)
