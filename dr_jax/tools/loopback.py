@@ -94,7 +94,12 @@ class LoopbackServer:
                 self.requests += 1
                 reply = await self._handler(request)
                 await self._write(writer, reply)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+        except (
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            asyncio.CancelledError,
+        ):
             pass
         finally:
             self._connections.discard(task)
@@ -102,13 +107,14 @@ class LoopbackServer:
 
     @staticmethod
     async def _read_request(reader: asyncio.StreamReader) -> Request | None:
-        line = await reader.readline()
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        line, *fields = head.rstrip("\r\n").split("\r\n")
         if not line.strip():
             return None
-        method, target, _ = line.decode("latin-1").split(" ", 2)
+        method, target, _ = line.split(" ", 2)
         headers = {}
-        while (header := await reader.readline()).strip():
-            name, _, value = header.decode("latin-1").partition(":")
+        for field_line in fields:
+            name, _, value = field_line.partition(":")
             headers[name.strip().lower()] = value.strip()
         body = await reader.readexactly(int(headers.get("content-length", "0")))
         parts = urlsplit(target)
@@ -129,14 +135,15 @@ class LoopbackServer:
         head = f"HTTP/1.1 {reply.status} {reason}\r\n" + "".join(
             f"{k}: {v}\r\n" for k, v in headers.items()
         )
-        writer.write(head.encode("latin-1") + b"\r\n")
+        unsent = head.encode("latin-1") + b"\r\n"  # goes out with the first piece, as servers do
         size = max(1, -(-len(reply.body) // reply.chunks))
         for start in range(0, len(reply.body), size):
             piece = reply.body[start : start + size]
-            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if reply.chunked else piece)
+            framed = b"%x\r\n%s\r\n" % (len(piece), piece) if reply.chunked else piece
+            writer.write(unsent + framed)
+            unsent = b""
             await writer.drain()
             if reply.chunk_delay:
                 await asyncio.sleep(reply.chunk_delay)
-        if reply.chunked:
-            writer.write(b"0\r\n\r\n")
+        writer.write(unsent + (b"0\r\n\r\n" if reply.chunked else b""))
         await writer.drain()
