@@ -4,6 +4,8 @@
    cached or de-duplicated) against a loopback SearXNG-and-pages server, in another process,
    that answers every request after 100 ms; 64 calls in flight. The ideal is 64 calls per
    100 ms; efficiency = ideal time / measured time (target >= 0.8).
+   It also reports where the CPU goes: this process (the executor), the extraction workers and
+   the server, whose sum on a 2-core machine bounds how close to the ideal a run can come.
 2. Extraction: pages per CPU-second of our extraction (trafilatura + title + windows) against
    calling trafilatura directly on the same real pages, interleaved page by page, best of
    several rounds (target: our time <= 1.2x theirs); and wall-clock pages/s through the
@@ -14,6 +16,7 @@
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -33,6 +36,18 @@ from dr_jax.tools.loopback import LoopbackServer, Reply, Request
 from dr_jax.tools.workers import Extractor
 
 PAGES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pages"
+
+
+def _children_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) of each child process of this one; Linux /proc, else {}."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    cpu = {}
+    for task in Path("/proc/self/task").glob("*"):
+        for pid in (task / "children").read_text().split() if (task / "children").exists() else ():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                cpu[int(pid)] = (int(fields[11]) + int(fields[12])) / ticks
+    return cpu
 
 
 def _article(n: int) -> bytes:
@@ -93,9 +108,10 @@ async def _plain_httpx_run(url: str, calls: int, concurrency: int) -> float:
 
 async def _concurrency_run(
     url: str, calls: int, concurrency: int, extract_workers: int = 2, tag: str = ""
-) -> tuple[float, float, dict]:
-    """Seconds, executor CPU seconds and metrics of `calls` distinct tool calls (`tag` keeps
-    the URLs of two runs distinct, so the second is not served from memory)."""
+) -> tuple[float, float, dict[int, float], dict]:
+    """Seconds, executor CPU seconds, CPU seconds of each child process (the workers and the
+    server) and metrics of `calls` distinct tool calls (`tag` keeps the URLs of two runs
+    distinct, so the second is not served from memory)."""
     config = ToolsConfig(
         extract_workers=extract_workers,
         search_backend="world",
@@ -119,12 +135,14 @@ async def _concurrency_run(
             async with trajectories:
                 return await tools.execute(call, ToolSession(question="benchmark"))
 
+        children = _children_cpu()
         started, cpu = time.perf_counter(), time.process_time()
         texts = await asyncio.gather(*(one(c) for c in work))
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        children = {pid: t - children.get(pid, 0.0) for pid, t in _children_cpu().items()}
         failures = [t for t in texts if '"error"' in t]
         assert not failures, failures[:3]
-        return seconds, cpu, tools.metrics()
+        return seconds, cpu, children, tools.metrics()
 
 
 def _pages() -> list[bytes]:
@@ -186,8 +204,10 @@ def main() -> None:
     try:
         load = os.getloadavg()[0]
         plain = asyncio.run(_plain_httpx_run(url, args.calls, args.concurrency))
-        measured, cpu, metrics = asyncio.run(_concurrency_run(url, args.calls, args.concurrency))
-        in_thread, _, _ = asyncio.run(
+        measured, cpu, children, metrics = asyncio.run(
+            _concurrency_run(url, args.calls, args.concurrency)
+        )
+        in_thread, _, _, _ = asyncio.run(
             _concurrency_run(url, args.calls, args.concurrency, extract_workers=0, tag="t")
         )
     finally:
@@ -198,6 +218,13 @@ def main() -> None:
     pooled = asyncio.run(_extraction_in_workers(args.extraction_rounds, workers=2))
 
     latency = metrics["latency_s"]
+    server_cpu = children.pop(server.pid, float("nan"))
+    cpu_per_call = {  # ms of CPU per tool call, by process (nan where /proc is missing)
+        "executor": round(cpu / args.calls * 1e3, 3),
+        "extraction_workers": round(sum(children.values() or [float("nan")]) / args.calls * 1e3, 3),
+        "server": round(server_cpu / args.calls * 1e3, 3),
+    }
+    cores = sum(cpu_per_call.values()) * args.calls / 1e3 / measured
     rows = [
         ("tool calls", f"{args.calls} ({args.concurrency} in flight, {args.latency * 1e3:g} ms)"),
         ("ideal time", f"{ideal:.3f} s ({args.calls / ideal:.0f} calls/s)"),
@@ -206,6 +233,9 @@ def main() -> None:
         ("same, extraction in a thread", f"{in_thread:.3f} s (eff. {ideal / in_thread:.3f})"),
         ("one plain httpx client, same requests", f"{plain:.3f} s (eff. {ideal / plain:.3f})"),
         ("executor CPU per call", f"{cpu / args.calls * 1e3:.2f} ms ({cpu / measured:.0%} core)"),
+        ("extraction workers CPU per call", f"{cpu_per_call['extraction_workers']:.2f} ms"),
+        ("server CPU per call", f"{cpu_per_call['server']:.2f} ms"),
+        ("all three, while measured", f"{cores:.2f} cores busy of {os.cpu_count()}"),
         ("load average before", f"{load:.1f} on {os.cpu_count()} cores"),
         ("search latency p50 / p99", "{p50:.3f} / {p99:.3f} s".format(**latency["web_search"])),
         ("browse latency p50 / p99", "{p50:.3f} / {p99:.3f} s".format(**latency["browse_webpage"])),
@@ -225,10 +255,11 @@ def main() -> None:
             f"{args.calls} calls (50% web_search, 50% browse_webpage), concurrency "
             f"{args.concurrency}, {args.latency * 1e3:g} ms loopback latency, server in "
             f"another process, load average {load:.1f} on {os.cpu_count()} cores, plain "
-            f"httpx efficiency {ideal / plain:.3f}; extraction "
-            f"{n_pages / ours_ex:.1f} vs trafilatura {n_pages / ref_ex:.1f} pages per "
+            f"httpx efficiency {ideal / plain:.3f}; extraction {n_pages / ours_ex:.1f} vs "
+            f"trafilatura {n_pages / ref_ex:.1f} pages per "
             f"CPU-second (overhead {ours_ex / ref_ex:.3f}x)"
         ),
+        cpu_ms_per_call=cpu_per_call,
         extraction={
             "ours": round(n_pages / ours_ex, 2),
             "reference": round(n_pages / ref_ex, 2),
