@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from dr_jax.tools.calls import ToolCall
@@ -37,6 +38,7 @@ from dr_jax.tools.session import Note, ToolSession
 from dr_jax.tools.workers import Extractor
 
 log = logging.getLogger("dr_jax.tools")
+T = TypeVar("T")
 
 SEARCH_TOOL = "web_search"
 BROWSE_TOOL = "browse_webpage"
@@ -61,6 +63,13 @@ def _string_list(arguments: dict[str, Any], key: str) -> list[str]:
     if not items:
         raise ToolError("bad_arguments", f"'{key}' holds only empty strings")
     return items
+
+
+async def _all(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """asyncio.gather, minus its task and callbacks when there is one (the usual call)."""
+    if len(coroutines) == 1:
+        return [await coroutines[0]]
+    return await asyncio.gather(*coroutines)
 
 
 class ToolExecutor:
@@ -208,7 +217,7 @@ class ToolExecutor:
     async def _web_search(self, arguments: dict[str, Any], session: ToolSession) -> str:
         queries = _string_list(arguments, "query")[: self.config.max_queries]
         deadline = self._unit_deadline()
-        results = await asyncio.gather(*(self._search_until(deadline, q) for q in queries))
+        results = await _all([self._search_until(deadline, q) for q in queries])
         session.record_search([(r.query, [h.url for h in r.hits]) for r in results])
         return search_observation(results, self.config.observation_format)
 
@@ -219,7 +228,7 @@ class ToolExecutor:
             # The original silently ignored such URLs; JSON observations say why instead.
             urls = [u for u in urls if u in session.latest_search]
         deadline = self._unit_deadline()
-        pages = await asyncio.gather(*(self._browse_until(deadline, u, session) for u in urls))
+        pages = await _all([self._browse_until(deadline, u, session) for u in urls])
         return browse_observation(pages, self.config.observation_format)
 
     def _unit_deadline(self) -> float:
