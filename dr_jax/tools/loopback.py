@@ -43,7 +43,8 @@ Handler = Callable[[Request], Awaitable[Reply]]
 
 
 class LoopbackServer:
-    """`with LoopbackServer(handler) as server: server.url` — counts requests in `requests`."""
+    """`with LoopbackServer(handler) as server: server.url` — counts requests in `requests` and
+    the connections they came on in `connections`."""
 
     def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0) -> None:
         self._handler = handler
@@ -53,6 +54,7 @@ class LoopbackServer:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task] = set()
         self.requests = 0
+        self.connections = 0
         self.url = ""
 
     def __enter__(self) -> "LoopbackServer":
@@ -89,6 +91,7 @@ class LoopbackServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._connections.add(task)
+        self.connections += 1
         try:
             while request := await self._read_request(reader):
                 self.requests += 1

@@ -1,0 +1,72 @@
+"""The tools' HTTP client: what it does that httpx did for us (decoding, percent-escaping,
+keep-alive) and what it must not do (reuse a connection the server is done with)."""
+
+import asyncio
+import gzip
+import zlib
+
+from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
+from dr_jax.tools.calls import ToolCall
+from dr_jax.tools.http import HttpClient
+from dr_jax.tools.loopback import LoopbackServer, Reply, Request
+
+TEXT = b"<html><body><article><p>The pier was rebuilt in 1907.</p></article></body></html>"
+
+
+async def _handle(request: Request) -> Reply:
+    if request.path == "/gzip":
+        return Reply(body=gzip.compress(TEXT), headers={"content-encoding": "gzip"})
+    if request.path == "/deflate":
+        return Reply(body=zlib.compress(TEXT), headers={"content-encoding": "deflate"})
+    if request.path == "/bomb":  # 2 MB of spaces in about 2 kB
+        body = gzip.compress(b"<p>" + b" " * 2_000_000 + b"</p>")
+        return Reply(body=body, headers={"content-encoding": "gzip"})
+    if request.path == "/close":
+        return Reply(body=TEXT, headers={"connection": "close"})
+    return Reply(body=request.path.encode())
+
+
+def _get_all(server: LoopbackServer, paths: list[str]) -> list[bytes]:
+    async def scenario():
+        client = HttpClient(connect_timeout=1.0, read_timeout=1.0, user_agent="test")
+        try:
+            return [(await client.request("GET", server.url + path)).body for path in paths]
+        finally:
+            await client.aclose()
+
+    return asyncio.run(scenario())
+
+
+def test_gzip_and_deflate_bodies_are_decoded():
+    with LoopbackServer(_handle) as server:
+        assert _get_all(server, ["/gzip", "/deflate"]) == [TEXT, TEXT]
+
+
+def test_the_byte_cap_counts_decoded_bytes():
+    config = ToolsConfig(allow_hosts=("127.0.0.1",), extract_workers=0, max_bytes=100_000)
+    with LoopbackServer(_handle) as server:
+        call = ToolCall("browse_webpage", {"url_list": [server.url + "/bomb"]})
+
+        async def scenario():
+            async with ToolExecutor(config, search=False) as tools:
+                return await tools.execute(call, ToolSession(""))
+
+        assert "larger than 100,000 bytes" in asyncio.run(scenario())
+
+
+def test_sequential_requests_share_one_kept_alive_connection():
+    with LoopbackServer(_handle) as server:
+        assert _get_all(server, ["/a", "/b", "/c"]) == [b"/a", b"/b", b"/c"]
+        assert server.connections == 1
+
+
+def test_a_connection_the_server_closes_is_not_reused():
+    with LoopbackServer(_handle) as server:
+        assert _get_all(server, ["/close", "/close", "/a"]) == [TEXT, TEXT, b"/a"]
+        assert server.connections == 3
+
+
+def test_non_ascii_and_unsafe_characters_in_urls_are_percent_escaped():
+    with LoopbackServer(_handle) as server:
+        paths = ["/wiki/Zürich", "/a b", "/already%20escaped"]
+        assert _get_all(server, paths) == [b"/wiki/Z%C3%BCrich", b"/a%20b", b"/already%20escaped"]
