@@ -21,6 +21,8 @@ async def _handle(request: Request) -> Reply:
     if request.path == "/bomb":  # 2 MB of spaces in about 2 kB
         body = gzip.compress(b"<p>" + b" " * 2_000_000 + b"</p>")
         return Reply(body=body, headers={"content-encoding": "gzip"})
+    if request.path == "/bad-gzip":
+        return Reply(body=b"not gzip at all", headers={"content-encoding": "gzip"})
     if request.path == "/close":
         return Reply(body=TEXT, headers={"connection": "close"})
     return Reply(body=request.path.encode())
@@ -42,16 +44,27 @@ def test_gzip_and_deflate_bodies_are_decoded():
         assert _get_all(server, ["/gzip", "/deflate"]) == [TEXT, TEXT]
 
 
-def test_the_byte_cap_counts_decoded_bytes():
+def _browse(path: str) -> tuple[str, dict]:
     config = ToolsConfig(allow_hosts=("127.0.0.1",), extract_workers=0, max_bytes=100_000)
     with LoopbackServer(_handle) as server:
-        call = ToolCall("browse_webpage", {"url_list": [server.url + "/bomb"]})
+        call = ToolCall("browse_webpage", {"url_list": [server.url + path]})
 
         async def scenario():
             async with ToolExecutor(config, search=False) as tools:
-                return await tools.execute(call, ToolSession(""))
+                return await tools.execute(call, ToolSession("")), tools.metrics()
 
-        assert "larger than 100,000 bytes" in asyncio.run(scenario())
+        return asyncio.run(scenario())
+
+
+def test_the_byte_cap_counts_decoded_bytes():
+    text, _ = _browse("/bomb")
+    assert "larger than 100,000 bytes" in text
+
+
+def test_a_body_that_does_not_decode_is_unreadable_and_not_retried():
+    text, metrics = _browse("/bad-gzip")
+    assert "could not be decoded" in text
+    assert metrics["errors"] == {"unreadable": 1} and metrics["retries"] == 0
 
 
 def test_sequential_requests_share_one_kept_alive_connection():

@@ -10,7 +10,7 @@ from urllib.parse import urljoin
 
 from dr_jax.tools.config import ToolsConfig
 from dr_jax.tools.errors import ToolError
-from dr_jax.tools.http import HttpClient, HttpError, HttpTimeout, Response
+from dr_jax.tools.http import BadEncoding, HttpClient, HttpError, HttpTimeout, Response
 from dr_jax.tools.urlsafety import check_peer, check_url
 
 
@@ -64,6 +64,8 @@ def transport_errors(what: str, deadline: float) -> Iterator[None]:
         raise ToolError("timeout", f"{what} timed out after {deadline:g} s") from None
     except HttpTimeout as e:
         raise ToolError("timeout", f"{what} timed out ({e})") from None
+    except BadEncoding as e:
+        raise ToolError("unreadable", f"{what} failed: {e}") from None
     except HttpError as e:
         raise ToolError("network", f"{what} failed: {e}") from None
 

@@ -38,6 +38,10 @@ class HttpTimeout(HttpError):
     """No connection within the connect timeout, or no data within the read timeout."""
 
 
+class BadEncoding(HttpError):
+    """A body whose Content-Encoding does not decode (asking again will not help)."""
+
+
 _IO_ERRORS = (OSError, h11.ProtocolError)  # OSError includes TimeoutError
 
 
@@ -51,12 +55,12 @@ class _Connection:
     """One HTTP/1.1 connection: h11's state machine over an asyncio stream pair."""
 
     def __init__(
-        self, origin: tuple[str, str, int], reader: asyncio.StreamReader, writer: Any
+        self, origin: tuple[str, str, int], reader: asyncio.StreamReader, writer: Any, peer: str
     ) -> None:
         self.origin = origin
         self.reader, self.writer = reader, writer
         self.protocol = h11.Connection(h11.CLIENT)
-        self.peer: str = writer.get_extra_info("peername")[0]
+        self.peer: str = peer
         self.idle_since = 0.0
 
     async def exchange(self, request: h11.Request, body: bytes, timeout: float) -> h11.Response:
@@ -163,7 +167,7 @@ class Response:
         try:
             return self._decoder.decompress(data, CHUNK)
         except zlib.error as e:
-            raise HttpError(f"the compressed body could not be decoded: {e}") from None
+            raise BadEncoding(f"the compressed body could not be decoded: {e}") from None
 
     @property
     def complete(self) -> bool:
@@ -234,7 +238,7 @@ class HttpClient:
         target = _target(parts.path, parts.query, params)
         try:
             request = h11.Request(method=method, target=target, headers=list(fields.items()))
-        except h11.LocalProtocolError as e:
+        except (h11.LocalProtocolError, UnicodeError) as e:
             raise HttpError(f"cannot request {url!r}: {e}") from None
         return (parts.scheme, host, port), request
 
@@ -258,7 +262,11 @@ class HttpClient:
                 )
         except _IO_ERRORS as e:
             raise _failure(e, f"connecting to {host}:{port}", self._connect_timeout) from None
-        return _Connection(origin, reader, writer)
+        peer = writer.get_extra_info("peername")
+        if not peer:  # reset as soon as it opened
+            writer.close()
+            raise HttpError(f"connecting to {host}:{port}: closed at once")
+        return _Connection(origin, reader, writer, peer[0])
 
     async def _open(
         self,
