@@ -132,6 +132,11 @@ class Response:
         self._ended = False
 
     @property
+    def complete(self) -> bool:
+        """The whole body has been received."""
+        return self._ended
+
+    @property
     def is_redirect(self) -> bool:
         return self.status in _REDIRECTS and "location" in self.headers
 
@@ -155,6 +160,8 @@ class Response:
             event = await self.connection.receive(self._timeout)
             if isinstance(event, h11.EndOfMessage):
                 self._ended = True
+                if decoder is not None and (rest := decoder.flush()):
+                    return rest
                 continue
             if not isinstance(event, h11.Data):
                 raise HttpError(f"unexpected {type(event).__name__} in a response body")
@@ -168,10 +175,6 @@ class Response:
             return self._decoder.decompress(data, CHUNK)
         except zlib.error as e:
             raise BadEncoding(f"the compressed body could not be decoded: {e}") from None
-
-    @property
-    def complete(self) -> bool:
-        return self._ended
 
 
 def _target(path: str, query: str, params: dict[str, Any] | None) -> str:
