@@ -12,6 +12,7 @@ reached (for the DNS-rebinding check) and a body read chunk by chunk (for byte c
 import asyncio
 import contextlib
 import json
+import re
 import ssl
 import time
 import zlib
@@ -27,6 +28,7 @@ KEEPALIVE_S = 5.0
 CHUNK = 65_536
 """Bytes read from a socket, or decompressed, at a time."""
 _SAFE_IN_TARGET = "!#$%&'()*+,/:;=?@[]~"  # kept; non-ASCII and other unsafe bytes are %-escaped
+_UNSAFE_IN_TARGET = re.compile(r"[^A-Za-z0-9_.\-" + re.escape(_SAFE_IN_TARGET) + "]")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
@@ -177,10 +179,15 @@ class Response:
             raise BadEncoding(f"the compressed body could not be decoded: {e}") from None
 
 
+def _escaped(text: str) -> str:
+    """`text` with non-ASCII and unsafe characters %-escaped (most URLs have none: no copy)."""
+    return quote(text, safe=_SAFE_IN_TARGET) if _UNSAFE_IN_TARGET.search(text) else text
+
+
 def _target(path: str, query: str, params: dict[str, Any] | None) -> str:
-    target = quote(path or "/", safe=_SAFE_IN_TARGET)
+    target = _escaped(path or "/")
     if query:
-        target += "?" + quote(query, safe=_SAFE_IN_TARGET)
+        target += "?" + _escaped(query)
     if params:
         target += ("&" if query else "?") + urlencode(params)
     return target
