@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import jax.numpy as jnp
+from jax.sharding import Mesh
 from transformers import PreTrainedTokenizerBase
 
 from dr_jax.config import PolicyConfig, SamplerConfig
@@ -50,9 +51,15 @@ def sampling_params(config: SamplerConfig) -> SamplingParams:
 
 
 def build_sampler(
-    config: SamplerConfig, policy: Policy | None, tokenizer: PreTrainedTokenizerBase
+    config: SamplerConfig,
+    policy: Policy | None,
+    tokenizer: PreTrainedTokenizerBase,
+    mesh: Mesh | None = None,
 ) -> Sampler:
-    """The in-process JAX sampler over `policy`, or a client of the SGLang server at `url`."""
+    """The in-process JAX sampler over `policy`, or a client of the SGLang server at `url`.
+
+    `mesh`: the JAX sampler splits its KV cache by rows over the mesh the policy lives on
+    (needed on several processes, where it samples in lockstep)."""
     if config.kind == "sglang":
         return SGLangSampler(config.url)
     if policy is None:
@@ -65,6 +72,7 @@ def build_sampler(
         max_batch_size=config.max_batch_size,
         max_seq_len=config.max_seq_len,
         tokenizer=tokenizer,
+        mesh=mesh,
     )
 
 

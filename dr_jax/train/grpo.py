@@ -10,10 +10,13 @@ One step (DeepResearcher §12):
   6. the new weights go to the sampler; a checkpoint and a validation follow on schedule.
 Rollout log-probs from another engine can be corrected per token with truncated importance
 sampling: A_t <- A * min(exp(old_t - sampler_t), cap).
+On several processes every host runs the same loop on the same data; only the rollouts (and
+their tool calls) are split between hosts and gathered (train/multihost.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,16 +25,20 @@ from typing import Any
 
 import httpx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dr_jax import losses
+from dr_jax.models import save_pretrained
 from dr_jax.models.flops import training_flops_per_token
 from dr_jax.reward import deepresearcher_score
 from dr_jax.rollout import JaxSampler, rollout_metrics
 from dr_jax.rollout.sglang import SGLangError
+from dr_jax.train import multihost
 from dr_jax.train.batching import PaddedSequences, minibatch_indices, pad_trajectories
 from dr_jax.train.config import GRPOConfig
 from dr_jax.train.metrics import MetricsWriter, peak_flops_per_device
+from dr_jax.train.multihost import barrier, is_main_process, to_host
 from dr_jax.train.step import TrainBatch
 
 WeightSync = Callable[[Any, int], Awaitable[None]]
@@ -93,8 +100,8 @@ async def validate(agent: Any, examples: Sequence[Any], seed: int) -> dict[str, 
     if not examples:
         return {}
     start = time.perf_counter()
-    trajectories = await agent.rollout(
-        [e.question for e in examples], n_samples=1, seed=rollout_seed(seed, -1)
+    trajectories = await multihost.rollout(
+        agent, [e.question for e in examples], 1, rollout_seed(seed, -1)
     )
     rewards = score_trajectories(trajectories, [e.answers for e in examples])
     record = rollout_metrics(trajectories, prefix="val/")
@@ -107,7 +114,8 @@ def weight_sync(sampler: Any, policy: Any, weights_dir: Path, *, timeout: float)
     """How new parameters reach the sampler. The in-process JAX sampler samples from the
     learner's own arrays (no copy). SGLang: bf16 safetensors in `weights_dir`, then
     /update_weights_from_disk; a server that went away is waited for (up to `timeout` s) and
-    the push retried."""
+    the push retried. On several processes, process 0 writes and pushes (the server, or the
+    router in front of several, is shared) while the others join the gathers and wait."""
     if isinstance(sampler, JaxSampler):
 
         async def share(params: Any, step: int) -> None:
@@ -115,15 +123,24 @@ def weight_sync(sampler: Any, policy: Any, weights_dir: Path, *, timeout: float)
 
         return share
 
-    async def push(params: Any, step: int) -> None:
+    async def load(path: Path, step: int) -> None:
         for attempt in range(SYNC_ATTEMPTS):
             try:
-                await sampler.sync_weights(policy.replace(params=params), weights_dir, step)
+                await sampler.update_weights_from_disk(path, step)
                 return
             except (httpx.HTTPError, SGLangError):
                 if attempt == SYNC_ATTEMPTS - 1:
                     raise
                 await sampler.wait_healthy(timeout=timeout)
+
+    async def push(params: Any, step: int) -> None:
+        # every process joins the parameter gathers; process 0 writes the files
+        path = await asyncio.to_thread(
+            save_pretrained, policy.replace(params=params), weights_dir, dtype=jnp.bfloat16
+        )
+        if is_main_process():
+            await load(path, step)
+        await asyncio.to_thread(barrier, f"weights {step}")
 
     return push
 
@@ -203,11 +220,12 @@ class GRPOLoop:
         examples = self.train_data.next_batch()
         if self.before_rollout is not None:
             await self.before_rollout()
-        with _phase(seconds, "rollout"):
-            trajectories = await self.agent.rollout(
+        with _phase(seconds, "rollout"):  # this host's share, then all-gathered
+            trajectories = await multihost.rollout(
+                self.agent,
                 [e.question for e in examples],
-                n_samples=cfg.group_size,
-                seed=rollout_seed(cfg.seed, step),
+                cfg.group_size,
+                rollout_seed(cfg.seed, step),
             )
         rewards = score_trajectories(trajectories, [e.answers for e in examples])
         group_ids = np.array([t.group_id for t in trajectories], np.int32)
@@ -252,7 +270,7 @@ class GRPOLoop:
         return state, record
 
     def _logprobs(self, params: Any, seqs: PaddedSequences) -> np.ndarray:
-        return np.asarray(self.learner.logprobs(params, seqs.tokens, seqs.attention_mask))
+        return to_host(self.learner.logprobs(params, seqs.tokens, seqs.attention_mask))
 
     def _update(
         self,

@@ -37,27 +37,36 @@ class MetricsWriter:
     """Appends step records to JSONL + TensorBoard and drives the progress bar."""
 
     def __init__(
-        self, run_dir: str | Path, config: MetricsConfig, *, total_steps: int, start_step: int = 0
+        self,
+        run_dir: str | Path,
+        config: MetricsConfig,
+        *,
+        total_steps: int,
+        start_step: int = 0,
+        enabled: bool = True,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.jsonl_path = self.run_dir / "metrics.jsonl"
-        truncate_jsonl(self.jsonl_path, after_step=start_step)
-        self._tb = (
-            SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1, flush_secs=10)
-            if config.tensorboard
-            else None
-        )
-        self._bar = (
-            tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step")
-            if config.progress_bar
-            else None
-        )
+        self.enabled = enabled
+        """False: every method does nothing (the processes other than 0 of a multi-host run)."""
+        self._tb = self._bar = None
         self._shown: dict[str, float] = {}
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        truncate_jsonl(self.jsonl_path, after_step=start_step)
+        if config.tensorboard:
+            self._tb = SummaryWriter(
+                str(self.run_dir / "tb"), purge_step=start_step + 1, flush_secs=10
+            )
+        if config.progress_bar:
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step")
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Write one record; non-finite values are kept in JSON as null."""
+        if not self.enabled:
+            return
         record = {"step": step, "time": round(time.time(), 3)}
         record.update({k: _jsonable(v) for k, v in metrics.items()})
         with self.jsonl_path.open("a") as f:
@@ -80,7 +89,7 @@ class MetricsWriter:
 
     def dump_samples(self, step: int, samples: Sequence[Mapping[str, object]]) -> Path | None:
         """Write trajectories as readable text: header fields, then the decoded conversation."""
-        if not samples:
+        if not samples or not self.enabled:
             return None
         out_dir = self.run_dir / "samples"
         out_dir.mkdir(exist_ok=True)

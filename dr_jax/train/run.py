@@ -5,6 +5,11 @@ fingerprint), `warm_start/` (the supervised policy as an HF directory; it is als
 reference), `metrics.jsonl` + `tb/` + `samples/` for GRPO, and `sft/` for the warm start.
 Running the same command again resumes from the latest checkpoint with the same data position
 and RNG: no question is repeated or skipped.
+
+Multi-host: every process runs `train` with the same config (`maybe_initialize_distributed`
+joins them); rollouts are split between hosts and everything else is computed on all of them
+(train/multihost.py). Process 0 writes the metrics and the warm start; `run_dir` must be on
+storage every host sees (Orbax writes each host's shards of a checkpoint there).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dr_jax.train.checkpoint import Checkpointer
 from dr_jax.train.config import DataConfig, TrainConfig
 from dr_jax.train.grpo import GRPOLoop, validate, weight_sync
 from dr_jax.train.metrics import MetricsConfig, MetricsWriter
+from dr_jax.train.multihost import barrier, is_main_process
 from dr_jax.train.sft import demonstration_ids, sft_batches, solve_questions, supervised_finetune
 from dr_jax.train.step import Learner
 from dr_jax.world import World
@@ -121,9 +127,12 @@ async def warm_start(
     tuned = policy.replace(params=supervised_finetune(policy, cfg, batches, log=log))
     log(cfg.steps, {"sft/demonstrations": len(rows), "time/sft": time.perf_counter() - started})
     tmp = run_dir / "warm_start.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(tuned, tmp)
-    tmp.rename(run_dir / "warm_start")
+    if is_main_process():
+        shutil.rmtree(tmp, ignore_errors=True)
+    save_pretrained(tuned, tmp)  # every process joins the gathers; process 0 writes
+    if is_main_process():
+        tmp.rename(run_dir / "warm_start")
+    barrier("warm start saved")
     return tuned
 
 
@@ -170,7 +179,7 @@ async def train(config: TrainConfig) -> dict[str, Any]:
 
     async with start_world_tools(config.tools, world=world) as tools:
         policy = build_policy(config.policy, mesh)
-        sampler = build_sampler(config.sampler, policy, tokenizer)
+        sampler = build_sampler(config.sampler, policy, tokenizer, mesh=mesh)
         sync = weight_sync(
             sampler,
             policy,
@@ -189,6 +198,7 @@ async def train(config: TrainConfig) -> dict[str, Any]:
                 MetricsConfig(progress_bar=False),
                 total_steps=config.sft.steps,
                 start_step=-1,
+                enabled=is_main_process(),
             )
             if g.validate_at_start:
                 await sync(policy.params, 0)
@@ -206,7 +216,10 @@ async def train(config: TrainConfig) -> dict[str, Any]:
             start = int(extra["grpo_step"])
         await sync(state.params, start)
 
-        metrics = MetricsWriter(run_dir, config.metrics, total_steps=g.steps, start_step=start)
+        main = is_main_process()
+        metrics = MetricsWriter(
+            run_dir, config.metrics, total_steps=g.steps, start_step=start, enabled=main
+        )
         loop = GRPOLoop(
             g,
             learner=learner,
