@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from dr_jax.rollout.trajectory import Trajectory
-from dr_jax.train.metrics import read_jsonl
+from dr_jax.train.metrics import MetricsConfig, MetricsWriter, read_jsonl
 from dr_jax.train.multihost import host_share, pack_trajectories, unpack_trajectories
 from dr_jax.world import World, WorldServer
 
@@ -41,6 +41,16 @@ def test_trajectories_survive_the_wire_format_exactly():
     back = unpack_trajectories(pack_trajectories([first, empty]))
     assert back == [first, empty]
     assert unpack_trajectories(pack_trajectories([])) == []
+
+
+def test_a_disabled_metrics_writer_writes_nothing(tmp_path):
+    """What the processes other than 0 use: the same calls, no files."""
+    writer = MetricsWriter(tmp_path / "run", MetricsConfig(), total_steps=2, enabled=False)
+    writer.log(1, {"train/reward": 0.5})
+    assert writer.dump_samples(1, [{"question": "q", "text": "t"}]) is None
+    writer.advance()
+    writer.close()
+    assert not (tmp_path / "run").exists()
 
 
 CHILD = """
