@@ -92,7 +92,7 @@ class SFTConfig:
     batch_size: int = 8
     """Oracle trajectories per step."""
     lr: float = 1e-3
-    """Learning rate (AdamW, constant after a short warm-up)."""
+    """Peak learning rate (AdamW; linear warm-up, then cosine decay to 0 at the last step)."""
     warmup_steps: int = 10
     """Linear learning-rate warm-up steps."""
     num_traces: int = 256

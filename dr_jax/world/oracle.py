@@ -5,6 +5,10 @@ them reachable: it searches for each page's title, browses the hit, pages on whi
 missing, and moves on only once the fact appeared in a tool observation; if any fact cannot be
 found within the turn budget it answers "unknown". Its traces, in DeepResearcher's turn
 format, prove the questions answerable and serve as demonstrations for a supervised warm start.
+
+Its reasoning is terse on purpose: every name or value a policy writes is copied from the
+question or an observation, and a small policy that copies badly derails the turn format at
+each copy; a demonstration writes each one only where the next step needs it.
 """
 
 import ast
@@ -117,7 +121,7 @@ def _comparison(reads: tuple[Read, ...], q: Question) -> str:
         relation = "earlier than" if smaller else "later than"
     else:
         relation = "smaller than" if smaller else "larger than"
-    return f"{winner.value} is {relation} {other.value}."
+    return f"{winner.value} is {relation} {other.value}, so the answer is {q.answers[0]}."
 
 
 def _fact_name(fact: str) -> str:
@@ -156,9 +160,7 @@ class _Run:
         if any(rank is None for rank in self.demo.search_ranks[-len(reads) :]):
             return False
         pending = list(reads)
-        titles = " and ".join(f"'{r.title}'" for r in reads)
-        pages, them = ("pages", "them") if len(reads) > 1 else ("page", "it")
-        think = f"The results include the {pages} for {titles}. I will read {them}."
+        think = "I will read the pages." if len(reads) > 1 else "I will read the page."
         while pending and self.turns_left() > 1:
             observation = await self.call(
                 think, "browse_webpage", {"url_list": [urls[r.path] for r in pending]}
@@ -167,12 +169,8 @@ class _Run:
             more, notes = [], []
             for r in pending:
                 text, has_more = texts.get(urls[r.path], ("", False))
-                sentence = evidence_sentence(text, r.value)
-                if sentence is not None:
-                    notes.append(
-                        f'The page on {r.title} says: "{sentence}" '
-                        f"So the {_fact_name(r.fact)} of {r.title} is {r.value}."
-                    )
+                if evidence_sentence(text, r.value) is not None:
+                    notes.append(f"The {_fact_name(r.fact)} of {r.title} is {r.value}.")
                 elif has_more:
                     more.append(r)
                 else:
@@ -180,15 +178,12 @@ class _Run:
             self.facts.extend(notes)
             pending = more
             if pending:
-                think = " ".join(
-                    [*notes, "The rest is not in the part I have read yet; I will read on."]
-                )
+                think = " ".join([*notes, "I will read on."])
         return not pending
 
     async def solve(self) -> Demonstration:
         q, demo = self.q, self.demo
-        them = "them" if len(q.plan[0]) > 1 else "it"
-        opening = f"To answer this I need {self._needs(q.plan[0])}. Let me search for {them}."
+        opening = f"I need {self._needs(q.plan[0])}."
         solved = True
         for i, reads in enumerate(q.plan):
             if i:
@@ -205,10 +200,7 @@ class _Run:
             think = " ".join([*self.facts[-len(q.plan[-1]) :], _comparison(q.plan[-1], q)])
         else:
             think = " ".join(self.facts[-1:])
-        demo.turns.append(
-            (f"<think>{think} So the answer is {demo.answer}.</think>\n"
-             f"<answer>{demo.answer}</answer>", None)
-        )  # fmt: skip
+        demo.turns.append((f"<think>{think}</think>\n<answer>{demo.answer}</answer>", None))
         demo.f1 = f1_score(demo.answer, q.answers)
         return demo
 
