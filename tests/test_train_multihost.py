@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dr_jax.data import DataIterator
 from dr_jax.rollout.trajectory import Trajectory
+from dr_jax.train.config import DataConfig
 from dr_jax.train.metrics import MetricsConfig, MetricsWriter, read_jsonl
 from dr_jax.train.multihost import host_share, pack_trajectories, unpack_trajectories
+from dr_jax.train.run import load_questions
 from dr_jax.world import World, WorldServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,16 +81,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(run_dir: Path, world_url: str, devices: int, **env: str) -> subprocess.Popen:
+def _start(
+    run_dir: Path, url: str, devices: int, child: str = CHILD, **env: str
+) -> subprocess.Popen:
     env = dict(
         os.environ,
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
         JAX_PLATFORMS="cpu",
         **env,
     )
-    code = CHILD.format(tests=str(ROOT / "tests"))
+    code = child.format(tests=str(ROOT / "tests"))
     return subprocess.Popen(
-        [sys.executable, "-c", code, str(run_dir), world_url],
+        [sys.executable, "-c", code, str(run_dir), url],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -178,3 +183,62 @@ def test_two_processes_train_like_one_process_and_only_process_0_writes(tmp_path
         "step_000001.md",
         "step_000002.md",
     ]
+
+
+SGLANG_CHILD = """
+import asyncio, dataclasses, json, sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+import jax
+from test_train_e2e import tiny_config
+from dr_jax.config import SamplerConfig
+from dr_jax.train.run import train
+
+config = tiny_config(Path(sys.argv[1]), mesh="2x2")
+sampler = SamplerConfig(kind="sglang", url=sys.argv[2], max_new_tokens=8)
+config = config.replace(sampler=sampler, sft=config.sft.__class__(steps=0))
+asyncio.run(train(config))
+longer = config.replace(grpo=dataclasses.replace(config.grpo, steps=3))
+record = asyncio.run(train(longer))  # resumes from step 2
+print("RECORD" + json.dumps([jax.process_index(), jax.process_count(), record]))
+"""
+
+
+@pytest.mark.slow  # two fresh JAX processes compiling the learner (~2-3 min on 2 cores)
+def test_two_processes_share_one_sglang_server_push_weights_once_and_resume(tmp_path):
+    """Disaggregated mode on 2 processes against the loopback SGLang stand-in, 2 steps then
+    the same run resumed for a third: every trajectory is requested once (by the host that
+    owns it); each weight sync (start, each step, the resume's start) is one write by
+    process 0 and one /update_weights_from_disk; the resumed step takes the next questions."""
+    from test_sglang import StandIn
+
+    with StandIn() as server:
+        port = str(_free_port())
+        hosts = [
+            _start(
+                tmp_path,
+                server.url,
+                2,
+                child=SGLANG_CHILD,
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(pid),
+            )
+            for pid in (0, 1)
+        ]
+        outputs = [_record(p) for p in hosts]
+    assert _untimed(outputs[0][2]) == _untimed(outputs[1][2])
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    train_examples, _ = load_questions(DataConfig(world_size="tiny", data_sources=("world_1hop",)),
+                                       World.generate(0, "tiny"))  # fmt: skip
+    expected = DataIterator(train_examples, 2, seed=0)
+    for record in records:
+        assert record["data/question_ids"] == [e.id for e in expected.next_batch()]
+    generated = [path for path, _ in server.log if path == "/generate"]
+    trajectories = sum(r["train/trajectories"] + r.get("val/trajectories", 0) for r in records)
+    assert {r["train/turns_mean"] for r in records} == {1.0}, "a stand-in turn ends a trajectory"
+    assert len(generated) == trajectories == 3 * 4 + 2 * 2
+    updates = [body for path, body in server.log if path == "/update_weights_from_disk"]
+    assert [u["weight_version"] for u in updates] == ["0", "1", "2", "2", "3"]
+    assert (tmp_path / "weights" / "config.json").is_file()
