@@ -3,11 +3,17 @@ keep-alive) and what it must not do (reuse a connection the server is done with)
 
 import asyncio
 import gzip
+import shutil
+import ssl
+import subprocess
 import zlib
+
+import certifi
+import pytest
 
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
 from dr_jax.tools.calls import ToolCall
-from dr_jax.tools.http import HttpClient
+from dr_jax.tools.http import HttpClient, HttpError
 from dr_jax.tools.loopback import LoopbackServer, Reply, Request
 
 TEXT = b"<html><body><article><p>The pier was rebuilt in 1907.</p></article></body></html>"
@@ -83,3 +89,36 @@ def test_non_ascii_and_unsafe_characters_in_urls_are_percent_escaped():
     with LoopbackServer(_handle) as server:
         paths = ["/wiki/Zürich", "/a b", "/already%20escaped"]
         assert _get_all(server, paths) == [b"/wiki/Z%C3%BCrich", b"/a%20b", b"/already%20escaped"]
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1: (cert.pem, key.pem)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    command = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1"
+    command += " -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
+    command = [*command.split(), "-keyout", key, "-out", cert]
+    subprocess.run(command, check=True, capture_output=True)
+    return cert, key
+
+
+def _tls_server(certificate: tuple[str, str]) -> LoopbackServer:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    return LoopbackServer(_handle, tls=context)
+
+
+def test_https_is_verified_against_the_trusted_roots(certificate):
+    with _tls_server(certificate) as server, pytest.raises(HttpError, match="VERIFY_FAILED"):
+        _get_all(server, ["/a"])
+
+
+def test_https_to_a_trusted_server_works_and_keeps_its_connection(certificate, monkeypatch):
+    monkeypatch.setattr(certifi, "where", lambda: certificate[0])  # trust it as a root
+    with _tls_server(certificate) as server:
+        assert server.url.startswith("https://")
+        assert _get_all(server, ["/a", "/gzip"]) == [b"/a", TEXT]
+        assert server.connections == 1

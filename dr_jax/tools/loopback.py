@@ -6,6 +6,7 @@ dripped byte by byte, or never sent at all.
 """
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -46,9 +47,17 @@ class LoopbackServer:
     """`with LoopbackServer(handler) as server: server.url` — counts requests in `requests` and
     the connections they came on in `connections`."""
 
-    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """`tls`: a server context (certificate loaded) to serve https instead of http."""
         self._handler = handler
         self._host, self._port = host, port
+        self._tls = tls
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
@@ -67,10 +76,10 @@ class LoopbackServer:
     def start(self) -> None:
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve, self._host, self._port), self._loop
+            asyncio.start_server(self._serve, self._host, self._port, ssl=self._tls), self._loop
         ).result()
         port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://{self._host}:{port}"
+        self.url = f"{'https' if self._tls else 'http'}://{self._host}:{port}"
 
     def stop(self) -> None:
         """Close the server and every open connection; stopping twice is harmless."""
