@@ -47,6 +47,19 @@ def test_oracle_answers_every_held_out_question_within_ten_turns_over_http(world
         assert turns <= 2 * demo.question.hops + 1
 
 
+def test_trusting_snippets_answers_from_search_results_that_state_the_facts(world):
+    demos = demonstrate(world, _per_kind(world.split("dev"), 4), trust_snippets=True)
+    from_snippets = [d for d in demos if not any('"browse_webpage"' in t for t, _ in d.turns)]
+    assert len(from_snippets) >= len(demos) // 2
+    for demo in demos:
+        _check_trace(demo)
+        assert demo.f1 == 1.0, demo.question.question
+    for demo in from_snippets:
+        searched = " ".join(observation or "" for _, observation in demo.turns)
+        assert all(read.value in searched for reads in demo.question.plan for read in reads)
+        assert len(demo.turns) == len(demo.question.plan) + 1  # a search per round, the answer
+
+
 def test_oracle_pages_down_when_the_fact_is_beyond_the_first_window(world):
     deep = next(
         q

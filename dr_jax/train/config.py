@@ -99,6 +99,9 @@ class SFTConfig:
     """Train questions the oracle solves for demonstrations (cycled over the steps)."""
     max_tokens: int = 1536
     """Demonstrations longer than this (prompt included) are left out; 0 keeps all."""
+    trust_snippets: bool = False
+    """The oracle answers from search snippets that state the facts instead of reading every
+    page: shorter demonstrations, with no URL to copy (which a tiny policy copies badly)."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,7 @@ class TrainConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     sampler: SamplerConfig = field(
         default_factory=lambda: SamplerConfig(
-            temperature=0.7, max_new_tokens=160, max_batch_size=32, max_seq_len=2048
+            temperature=0.7, max_new_tokens=96, max_batch_size=32, max_seq_len=2048
         )
     )
     tools: ToolsConfig = field(
@@ -143,15 +146,19 @@ class TrainConfig:
             top_k=3, max_queries=1, window_chars=1200, page_budget=1, extract_workers=0
         )
     )
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4))
-    loss: LossConfig = field(default_factory=lambda: LossConfig(kl_coef=0.0, temperature=0.7))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4))
+    loss: LossConfig = field(
+        default_factory=lambda: LossConfig(kl_coef=0.0, entropy_coef=0.0, temperature=0.7)
+    )
     grpo: GRPOConfig = field(
         default_factory=lambda: GRPOConfig(
             steps=4, questions_per_step=4, group_size=4, micro_batch_size=4, logprob_chunk=128,
-            validate_every=2, val_questions=24, val_temperature=0.7,
+            validate_every=0, val_questions=48, val_temperature=0.7,
         )
     )  # fmt: skip
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=160, batch_size=4, lr=5e-3))
+    sft: SFTConfig = field(
+        default_factory=lambda: SFTConfig(steps=200, batch_size=4, lr=5e-3, trust_snippets=True)
+    )
     data: DataConfig = field(default_factory=lambda: DataConfig(data_sources=("world_1hop",)))
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     max_turns: int = 4

@@ -102,7 +102,11 @@ async def warm_start(
     cfg, run_dir = config.sft, Path(config.run_dir)
     questions = world_questions(world, "train", config.data.data_sources or None)
     demos = await solve_questions(
-        questions[: cfg.num_traces], tools, tools.config.search_url, config.max_turns
+        questions[: cfg.num_traces],
+        tools,
+        tools.config.search_url,
+        config.max_turns,
+        trust_snippets=cfg.trust_snippets,
     )
     if not demos:
         raise RuntimeError("the oracle solved none of the warm-start questions: check the tools")

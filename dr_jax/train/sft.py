@@ -55,7 +55,13 @@ def demonstration_ids(
 
 
 async def solve_questions(
-    questions: Sequence[Any], tools: Any, base_url: str, max_turns: int, concurrency: int = 8
+    questions: Sequence[Any],
+    tools: Any,
+    base_url: str,
+    max_turns: int,
+    *,
+    trust_snippets: bool = False,
+    concurrency: int = 8,
 ) -> list[Demonstration]:
     """The oracle's demonstrations for `questions`, with the run's own tools (so observations
     look exactly like the ones GRPO rollouts will see); unsolved questions are dropped."""
@@ -65,7 +71,7 @@ async def solve_questions(
 
     async def one(q: Any) -> Demonstration:
         async with limit:
-            return await solve(q, tools, base_url, max_turns)
+            return await solve(q, tools, base_url, max_turns, trust_snippets=trust_snippets)
 
     demos = await asyncio.gather(*(one(q) for q in questions))
     return [d for d in demos if d.f1 >= 1.0]

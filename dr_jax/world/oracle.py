@@ -78,15 +78,16 @@ def _parse(observation: str) -> object:
         return ast.literal_eval(observation)  # observation_format="deepresearcher"
 
 
-def _hits(observation: str) -> list[list[str]]:
-    """URLs per query from a web_search observation (JSON or DeepResearcher repr)."""
+def _hits(observation: str) -> list[dict[str, str]]:
+    """url -> snippet of each query's hits from a web_search observation (JSON or
+    DeepResearcher repr)."""
     items = _parse(observation)
     if not isinstance(items, list):
         return []
     out = []
     for item in items:
         hits = item.get("results", item.get("web_page_info_list", [])) if item else []
-        out.append([h["url"] for h in hits])
+        out.append({h["url"]: h.get("snippet", h.get("quick_summary", "")) for h in hits})
     return out
 
 
@@ -128,11 +129,21 @@ def _fact_name(fact: str) -> str:
     return FACT_NAMES.get(fact, fact)
 
 
+def _note(read: Read, text: str) -> str | None:
+    """What the oracle notes once `text` states the fact `read` looks for, else None."""
+    if evidence_sentence(text, read.value) is None:
+        return None
+    return f"The {_fact_name(read.fact)} of {read.title} is {read.value}."
+
+
 class _Run:
     """One question's trajectory: the turn budget, the session and the facts seen so far."""
 
-    def __init__(self, q: Question, tools: ToolExecutor, base_url: str, max_turns: int):
+    def __init__(
+        self, q: Question, tools: ToolExecutor, base_url: str, max_turns: int, trust_snippets: bool
+    ):
         self.q, self.tools, self.base_url, self.max_turns = q, tools, base_url, max_turns
+        self.trust_snippets = trust_snippets
         self.session = ToolSession(question=q.question)
         self.demo = Demonstration(q)
         self.facts: list[str] = []
@@ -147,18 +158,24 @@ class _Run:
         return observation
 
     async def read_round(self, reads: tuple[Read, ...], opening: str) -> bool:
-        """Search for the round's pages, browse them, page on until every fact is seen."""
+        """Search for the round's pages, browse them, page on until every fact is seen (with
+        `trust_snippets`, facts every hit's snippet already states are taken from there)."""
         if self.turns_left() < 3:  # a search, a browse and the answer
             return False
         queries = [search_query(r) for r in reads]
         observation = await self.call(opening, "web_search", {"query": queries})
         urls = {r.path: self.base_url + r.path for r in reads}
         hits = _hits(observation)
-        for r, found in zip(reads, hits + [[]] * (len(reads) - len(hits)), strict=False):
-            rank = found.index(urls[r.path]) + 1 if urls[r.path] in found else None
+        for r, found in zip(reads, hits + [{}] * (len(reads) - len(hits)), strict=False):
+            rank = list(found).index(urls[r.path]) + 1 if urls[r.path] in found else None
             self.demo.search_ranks.append(rank)
         if any(rank is None for rank in self.demo.search_ranks[-len(reads) :]):
             return False
+        if self.trust_snippets:
+            notes = [_note(r, found[urls[r.path]]) for r, found in zip(reads, hits, strict=False)]
+            if all(notes):
+                self.facts.extend(notes)
+                return True
         pending = list(reads)
         think = "I will read the pages." if len(reads) > 1 else "I will read the page."
         while pending and self.turns_left() > 1:
@@ -169,8 +186,8 @@ class _Run:
             more, notes = [], []
             for r in pending:
                 text, has_more = texts.get(urls[r.path], ("", False))
-                if evidence_sentence(text, r.value) is not None:
-                    notes.append(f"The {_fact_name(r.fact)} of {r.title} is {r.value}.")
+                if note := _note(r, text):
+                    notes.append(note)
                 elif has_more:
                     more.append(r)
                 else:
@@ -210,10 +227,17 @@ class _Run:
 
 
 async def solve(
-    question: Question, tools: ToolExecutor, base_url: str, max_turns: int = 10
+    question: Question,
+    tools: ToolExecutor,
+    base_url: str,
+    max_turns: int = 10,
+    *,
+    trust_snippets: bool = False,
 ) -> Demonstration:
-    """Solve one question with `tools` against the world served at `base_url`."""
-    return await _Run(question, tools, base_url, max_turns).solve()
+    """Solve one question with `tools` against the world served at `base_url`. By default
+    every fact is read on its page (proving the pages readable); `trust_snippets` answers from
+    search snippets that state the facts, as a quick researcher would (shorter traces)."""
+    return await _Run(question, tools, base_url, max_turns, trust_snippets).solve()
 
 
 async def demonstrate_async(
@@ -222,6 +246,7 @@ async def demonstrate_async(
     tools_config: ToolsConfig | None = None,
     max_turns: int = 10,
     concurrency: int = 16,
+    trust_snippets: bool = False,
 ) -> list[Demonstration]:
     """Serve `world` on loopback and solve `questions` concurrently with the real tools.
 
@@ -240,7 +265,9 @@ async def demonstrate_async(
 
             async def one(q: Question) -> Demonstration:
                 async with limit:
-                    return await solve(q, tools, server.url, max_turns)
+                    return await solve(
+                        q, tools, server.url, max_turns, trust_snippets=trust_snippets
+                    )
 
             return await asyncio.gather(*(one(q) for q in questions))
 
