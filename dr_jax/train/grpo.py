@@ -270,7 +270,11 @@ class GRPOLoop:
         return state, record
 
     def _logprobs(self, params: Any, seqs: PaddedSequences) -> np.ndarray:
-        return to_host(self.learner.logprobs(params, seqs.tokens, seqs.attention_mask))
+        """Log-probs of the sampled tokens only (0 elsewhere): every use (the ratio, the KL, the
+        gap, TIS) reads them under the loss mask, and prompts and tool outputs skip the head."""
+        return to_host(
+            self.learner.logprobs(params, seqs.tokens, seqs.attention_mask, seqs.loss_mask)
+        )
 
     def _update(
         self,
