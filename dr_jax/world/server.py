@@ -1,7 +1,9 @@
 """Serve a World on loopback: pages at their paths, SearXNG-shaped JSON search at /search."""
 
+import contextlib
 import html
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -26,6 +28,8 @@ class WorldServer:
         self.port = port
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()  # kept-alive client connections
+        self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -46,10 +50,15 @@ class WorldServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving and drop every open connection, as a server that went away would."""
         if self._httpd is None:
             return
         self._httpd.shutdown()
         self._httpd.server_close()
+        with self._lock:
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
         assert self._thread is not None
         self._thread.join()
         self._httpd = self._thread = None
@@ -90,6 +99,16 @@ def results_page(found: dict) -> str:
 def _handler(server: WorldServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            with server._lock:
+                server._connections.add(self.connection)
+
+        def finish(self) -> None:
+            with server._lock:
+                server._connections.discard(self.connection)
+            super().finish()
 
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
