@@ -1,5 +1,6 @@
 """The learner step computes exactly the DeepResearcher objective, micro-batched or not."""
 
+import dataclasses
 import functools
 
 import jax
@@ -160,3 +161,14 @@ def test_warmup_then_cosine_schedule():
     assert float(sched(8)) == pytest.approx(0.5)  # halfway through the 8 cosine steps
     assert float(sched(12)) == pytest.approx(0.0, abs=1e-7)
     assert float(lr_schedule(OptimConfig(lr=3e-6))(100)) == pytest.approx(3e-6)
+
+
+def test_entropy_is_reported_without_an_entropy_bonus(setup):
+    policy, full, batch, _ = setup
+    plain = Learner(policy, OPTIM, dataclasses.replace(LOSS, entropy_coef=0.0), logprob_chunk=5)
+    _, with_bonus = full.train_step(full.init_state(0), batch)
+    _, without = plain.train_step(plain.init_state(0), batch)
+    assert float(without["entropy"]) == pytest.approx(float(with_bonus["entropy"]), rel=1e-5)
+    assert float(without["entropy"]) > 0
+    bonus = LOSS.entropy_coef * float(with_bonus["entropy"])
+    assert float(without["loss"]) == pytest.approx(float(with_bonus["loss"]) + bonus, rel=1e-5)

@@ -284,7 +284,7 @@ class Learner:
             mb["attention_mask"],
             chunk=self.logprob_chunk,
             temperature=cfg.temperature,
-            with_entropy=cfg.entropy_coef != 0,
+            with_entropy=True,  # reported even when it is not in the loss
             loss_mask=mb["loss_mask"],
             num_positions=scored,
         )
@@ -303,13 +303,14 @@ class Learner:
             return losses.aggregate_parts(values, mask, cfg.agg, norm=cfg.agg_norm)[0]
 
         pg = numerator(per_token) / denominator
-        kl = entropy_term = jnp.zeros(())
+        kl = jnp.zeros(())
+        entropy_term = numerator(entropy) / denominator
         if cfg.kl_coef:
             kl_tokens = losses.kl_penalty(logp, mb["ref_logprobs"], cfg.kl_kind, cfg.kl_clamp)
             kl = numerator(kl_tokens) / denominator
-        if cfg.entropy_coef:
-            entropy_term = numerator(entropy) / denominator
-        loss = pg + cfg.kl_coef * kl - cfg.entropy_coef * entropy_term
+        loss = pg + cfg.kl_coef * kl
+        if cfg.entropy_coef:  # else no gradient flows through the entropy
+            loss = loss - cfg.entropy_coef * entropy_term
         metrics = {"loss": loss, "pg_loss": pg, "kl_loss": kl, "entropy": entropy_term}
         mask = mask.astype(jnp.float32)
         for name in _METRIC_TERMS:
