@@ -127,9 +127,10 @@ class DataConfig:
 class TrainConfig:
     """A whole training run. The defaults are the embedded default: a tiny random Qwen2-shaped
     policy with the real tokenizer, warm-started on oracle traces, then GRPO against the offline
-    world served on loopback, sampled in-process, on CPU, in minutes. It samples at T = 0.7
-    (DeepResearcher: 1.0): a tiny policy's low-probability tail breaks the turn format too often
-    at T = 1 for any rollout of a group to score above -1, and GRPO needs one that does."""
+    world served on loopback, sampled in-process, on CPU, in minutes. It samples at T = 0.5
+    (DeepResearcher: 1.0): a tiny policy that cannot yet copy names from its context writes them
+    from a flat distribution, and at T >= 0.7 those spans wander into tags and break the turn
+    format in nearly every rollout, so no group has a reward above -1 for GRPO to learn from."""
 
     run_dir: str = "runs/default"
     """Checkpoints, metrics.jsonl, TensorBoard files and sample dumps; an existing run resumes."""
@@ -138,7 +139,7 @@ class TrainConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     sampler: SamplerConfig = field(
         default_factory=lambda: SamplerConfig(
-            temperature=0.7, max_new_tokens=96, max_batch_size=32, max_seq_len=2048
+            temperature=0.5, max_new_tokens=96, max_batch_size=32, max_seq_len=2048
         )
     )
     tools: ToolsConfig = field(
@@ -148,16 +149,16 @@ class TrainConfig:
     )
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4))
     loss: LossConfig = field(
-        default_factory=lambda: LossConfig(kl_coef=0.0, entropy_coef=0.0, temperature=0.7)
+        default_factory=lambda: LossConfig(kl_coef=0.0, entropy_coef=0.0, temperature=0.5)
     )
     grpo: GRPOConfig = field(
         default_factory=lambda: GRPOConfig(
             steps=4, questions_per_step=4, group_size=4, micro_batch_size=4, logprob_chunk=128,
-            validate_every=0, val_questions=48, val_temperature=0.7,
+            validate_every=0, val_questions=48, val_temperature=0.5,
         )
     )  # fmt: skip
     sft: SFTConfig = field(
-        default_factory=lambda: SFTConfig(steps=200, batch_size=4, lr=5e-3, trust_snippets=True)
+        default_factory=lambda: SFTConfig(steps=240, batch_size=4, lr=5e-3, trust_snippets=True)
     )
     data: DataConfig = field(default_factory=lambda: DataConfig(data_sources=("world_1hop",)))
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
