@@ -21,6 +21,8 @@ from dr_jax.tools.fetch import Fetched
 
 READY = b"ready\n"
 """A worker's first line: its imports (about 0.5 s of CPU) are done and it takes pages."""
+STARTUP_S = 60.0
+"""A worker not ready after this long (a hung import) is killed; pages go to a thread."""
 
 
 def _extract_reply(fetched: Fetched, text_format: str) -> tuple[bool, Document | ToolError]:
@@ -137,7 +139,14 @@ class Extractor:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
-        if await process.stdout.readline() != READY:  # it died starting: pages go to a thread
+        try:
+            async with asyncio.timeout(STARTUP_S):
+                ready = await process.stdout.readline() == READY
+        except TimeoutError:
+            ready = False
+        if not ready:  # it died or hung starting: pages go to a thread
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
             await process.wait()
             return
         self._workers.append(_Worker(process, self._replace))
