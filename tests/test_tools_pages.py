@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
+from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession, workers
 from dr_jax.tools.calls import ToolCall
 from dr_jax.tools.loopback import LoopbackServer, Reply, Request
 
@@ -147,3 +147,18 @@ def test_a_page_that_takes_too_long_to_extract_is_given_up_and_the_worker_surviv
     (given_up,), (fine,), same_worker = asyncio.run(scenario())
     assert "took longer than 0.02 s" in given_up["error"]
     assert fine["pages"] == ["plain notes"] and same_worker
+
+
+def test_workers_that_never_get_ready_are_killed_and_pages_are_extracted_in_a_thread(
+    site, monkeypatch
+):
+    monkeypatch.setattr(workers, "STARTUP_S", 0.001)  # no worker imports that fast
+    config = ToolsConfig(allow_hosts=("127.0.0.1",), extract_workers=2)
+    call = ToolCall("browse_webpage", {"url_list": [f"{site.url}/blog.python.org.html"]})
+
+    async def scenario():
+        async with ToolExecutor(config, search=False) as tools:
+            return tools._extractor._workers, json.loads(await tools.execute(call, ToolSession("")))
+
+    alive, (page,) = asyncio.run(scenario())
+    assert alive == [] and PAGES["blog.python.org.html"][0] in page["pages"][0]
