@@ -138,8 +138,9 @@ def test_two_processes_train_like_one_process_and_only_process_0_writes(tmp_path
     3e-6 relative), but the gradients are not bit-identical, and plain AdamW turns such noise
     into +-lr per element (its first update is ~lr * sign(g); with lr 1e-3 the parameters
     differed by 1e-3). So the run uses eps = 1 >> sqrt(v), lr = 1, no weight decay: each
-    update is ~ the gradient itself and the parameters differ by 1-2 float32 ulps (seen:
-    <= 1.7e-8 on values ~0.08), compared at rtol 1e-5 / atol 1e-8; loss terms at rtol 1e-4."""
+    update is ~ the gradient itself and the parameters differ by 1-2 float32 ulps of the
+    gradient's scale (seen: <= 1.7e-8, on values ~0.08 and once on one ~2e-4), compared at
+    rtol 1e-5 / atol 5e-8 (a few ulps at 0.1); loss terms at rtol 1e-4."""
     one_dir, two_dir = tmp_path / "one", tmp_path / "two"
     with WorldServer(World.generate(0, "tiny")) as world:  # one port in every observation
         one = _start(one_dir, world.url, 4)
@@ -172,7 +173,7 @@ def test_two_processes_train_like_one_process_and_only_process_0_writes(tmp_path
     ours, theirs = _final_params(two_dir), _final_params(one_dir)
     assert ours.keys() == theirs.keys()
     for name, value in ours.items():
-        np.testing.assert_allclose(value, theirs[name], rtol=1e-5, atol=1e-8, err_msg=name)
+        np.testing.assert_allclose(value, theirs[name], rtol=1e-5, atol=5e-8, err_msg=name)
 
     # one writer: each record once, the warm start once, the samples of each step
     records = read_jsonl(two_dir / "metrics.jsonl")
