@@ -209,16 +209,23 @@ class SGLangSampler:
         if reported != version:
             raise SGLangError(f"weight sync to version {version} did not take: server {reported}")
 
-    async def sync_weights(self, policy: Any, directory: str | Path, step: int) -> dict[str, float]:
-        """Writes `policy` as bf16 HF safetensors to `directory` (overwritten each step) and
-        loads it into the server as weight_version = step. Returns seconds per phase. Call it
-        on one process only (it gathers the parameters)."""
+    @staticmethod
+    async def write_weights(policy: Any, directory: str | Path) -> Path:
+        """`policy` as bf16 HF safetensors in `directory` (overwritten each step), the form the
+        server loads; returns the directory. On several processes every one calls it (it
+        gathers the parameters) and process 0 writes."""
         import jax.numpy as jnp
 
         from dr_jax.models import save_pretrained
 
+        return await asyncio.to_thread(save_pretrained, policy, directory, dtype=jnp.bfloat16)
+
+    async def sync_weights(self, policy: Any, directory: str | Path, step: int) -> dict[str, float]:
+        """`write_weights`, then loads them into the server as weight_version = step. Returns
+        seconds per phase. One process (several: `write_weights` on all, then
+        `update_weights_from_disk` on one)."""
         started = time.perf_counter()
-        path = await asyncio.to_thread(save_pretrained, policy, directory, dtype=jnp.bfloat16)
+        path = await self.write_weights(policy, directory)
         saved = time.perf_counter()
         await self.update_weights_from_disk(path, step)
         return {"save": saved - started, "load": time.perf_counter() - saved}

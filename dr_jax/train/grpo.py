@@ -25,11 +25,9 @@ from typing import Any
 
 import httpx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dr_jax import losses
-from dr_jax.models import save_pretrained
 from dr_jax.models.flops import training_flops_per_token
 from dr_jax.reward import deepresearcher_score
 from dr_jax.rollout import JaxSampler, rollout_metrics
@@ -135,9 +133,7 @@ def weight_sync(sampler: Any, policy: Any, weights_dir: Path, *, timeout: float)
 
     async def push(params: Any, step: int) -> None:
         # every process joins the parameter gathers; process 0 writes the files
-        path = await asyncio.to_thread(
-            save_pretrained, policy.replace(params=params), weights_dir, dtype=jnp.bfloat16
-        )
+        path = await sampler.write_weights(policy.replace(params=params), weights_dir)
         if is_main_process():
             await load(path, step)
         await asyncio.to_thread(barrier, f"weights {step}")
