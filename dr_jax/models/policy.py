@@ -44,14 +44,14 @@ def _cast(params: nnx.State, dtype) -> nnx.State:
     )
 
 
-def _forward(graphdef, dtype, remat, chunk, params, tokens, attention_mask, return_hidden):
+def _forward(graphdef, dtype, remat, chunk, impl, params, tokens, attention_mask, return_hidden):
     model = nnx.merge(graphdef, _cast(params, dtype))
-    length = tokens.shape[1]
     valid = jnp.ones(tokens.shape, bool) if attention_mask is None else attention_mask.astype(bool)
     positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
-    causal = jnp.tril(jnp.ones((length, length), bool))
-    mask = causal[None] & valid[:, None, :]
-    hidden, _ = model(tokens, positions, mask, remat=remat, attention_chunk=chunk)
+    # the causal form of the mask (valid bool[B, T]): attention builds [T, T] only if it must
+    hidden, _ = model(
+        tokens, positions, valid, remat=remat, attention_chunk=chunk, attention_impl=impl
+    )
     return hidden if return_hidden else model.unembed(hidden)
 
 
@@ -59,20 +59,23 @@ def _unembed(graphdef, dtype, params, hidden):
     return nnx.merge(graphdef, _cast(params, dtype)).unembed(hidden.astype(dtype))
 
 
-def _extend(graphdef, dtype, params, cache: KVCache, tokens, num_new):
+def _extend(graphdef, dtype, chunk, impl, params, cache: KVCache, tokens, num_new):
     model = nnx.merge(graphdef, _cast(params, dtype))
     offsets = jnp.arange(tokens.shape[1])
     positions = cache.lengths[:, None] + offsets  # [B, N]: RoPE position = slot index
     slots = jnp.where(offsets < num_new[:, None], positions, cache.max_len)  # padding: dropped
     mask = jnp.arange(cache.max_len) <= positions[:, :, None]  # [B, N, S]
-    hidden, (k, v) = model(tokens, positions, mask, cache=(cache.k, cache.v), slots=slots)
+    kv = (cache.k, cache.v)
+    hidden, (k, v) = model(
+        tokens, positions, mask, cache=kv, slots=slots, attention_chunk=chunk, attention_impl=impl
+    )
     last = jnp.maximum(num_new - 1, 0)[:, None, None]
     logits = model.unembed(jnp.take_along_axis(hidden, last, axis=1)[:, 0])
     return logits, KVCache(k, v, cache.lengths + num_new)
 
 
-_forward_jit = jax.jit(_forward, static_argnums=(0, 1, 2, 3, 7))
-_extend_jit = jax.jit(_extend, static_argnums=(0, 1))
+_forward_jit = jax.jit(_forward, static_argnums=(0, 1, 2, 3, 4, 8))
+_extend_jit = jax.jit(_extend, static_argnums=(0, 1, 2, 3))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -87,8 +90,9 @@ class Policy:
     graphdef: nnx.GraphDef
     params: nnx.State
     dtype: Any = jnp.float32  # compute dtype (float32 or bfloat16)
-    remat: bool = False  # recompute each layer's activations in the backward pass
+    remat: bool | str = False  # what each layer keeps for the backward pass (models/remat.py)
     attention_chunk: int | None = None  # queries per attention block (memory [chunk, T] per head)
+    attention: str = "xla"  # attention implementation (models/attention.py)
 
     def apply(
         self,
@@ -108,7 +112,7 @@ class Policy:
 
     @property
     def _static(self) -> tuple:
-        return self.graphdef, self.dtype, self.remat, self.attention_chunk
+        return self.graphdef, self.dtype, self.remat, self.attention_chunk, self.attention
 
     def unembed(self, params: nnx.State, hidden: jax.Array) -> jax.Array:
         """The LM head: hidden [..., D] -> f32 logits [..., V] (tied or untied)."""
@@ -134,7 +138,8 @@ class Policy:
         token (meaningless where num_new is 0) and the cache with lengths += num_new. Callers keep
         lengths + num_new <= max_len: writes past the end are dropped.
         """
-        return _extend_jit(self.graphdef, self.dtype, params, cache, tokens, num_new)
+        static = self.graphdef, self.dtype, self.attention_chunk, self.attention
+        return _extend_jit(*static, params, cache, tokens, num_new)
 
     def replace(self, **changes: Any) -> Policy:
         return dataclasses.replace(self, **changes)

@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dr_jax.models.attention import attention
 from dr_jax.models.config import ModelConfig
+from dr_jax.models.remat import checkpointed
 
-_MASKED = -1e30  # finite, so a query row with no visible key (left padding) stays NaN-free
 _INIT_STD = 0.02
 
 KV = tuple[jax.Array, jax.Array]  # the KV cache of all layers: k, v [L, B, S, Hkv, Dh]
@@ -84,49 +85,6 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return rotated.astype(x.dtype)
 
 
-def attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, chunk: int | None = None
-) -> jax.Array:
-    """softmax(q k^T / sqrt(Dh) | mask) v with grouped query heads.
-
-    q [B, T, H, Dh], k/v [B, S, Hkv, Dh], mask bool[B, T, S] -> [B, T, H, Dh]; query head h reads
-    key/value head h // (H / Hkv). Scores and softmax are float32. With `chunk`, queries go
-    `chunk` at a time and each block's scores are recomputed in the backward pass, so memory
-    holds [chunk, S] scores per head instead of [T, S] (long sequences).
-    """
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, S, Dh]
-    batch, length = q.shape[:2]
-    if chunk is None or length <= chunk:
-        return _attend(q, k, v, mask)
-    pad = -length % chunk
-    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    mask = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))  # padded query rows see nothing
-    blocks = (length + pad) // chunk
-    q_blocks = q.reshape(batch, blocks, chunk, *q.shape[2:]).swapaxes(0, 1)
-    mask_blocks = mask.reshape(batch, blocks, chunk, mask.shape[-1]).swapaxes(0, 1)
-    attend_block = jax.checkpoint(lambda qm: _attend(qm[0], k, v, qm[1]))
-    out = jax.lax.map(attend_block, (q_blocks, mask_blocks)).swapaxes(0, 1)
-    return out.reshape(batch, length + pad, *out.shape[3:])[:, :length]
-
-
-def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """`attention` of q [B, T, H, Dh] over k/v already laid out as [B, Hkv, S, Dh]."""
-    batch, length, heads, head_dim = q.shape
-    kv_heads, slots = k.shape[1], k.shape[2]
-    group = heads // kv_heads
-    # [B, Hkv, G*T, Dh]: each key/value head with its G query heads' rows stacked, so every
-    # matmul (and its gradient) contracts a single axis.
-    q = q.reshape(batch, length, kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)
-    q = q.reshape(batch, kv_heads, group * length, head_dim)
-    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
-    scores = scores.reshape(batch, kv_heads, group, length, slots) / math.sqrt(head_dim)
-    scores = jnp.where(mask[:, None, None], scores, _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    probs = probs.reshape(batch, kv_heads, group * length, slots)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(batch, kv_heads, group, length, -1)
-    return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, head_dim)
-
-
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, h, kv, dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -148,10 +106,11 @@ class Attention(nnx.Module):
         slots: jax.Array | None = None,
         layer: jax.Array | None = None,
         attention_chunk: int | None = None,
+        attention_impl: str = "xla",
     ) -> tuple[jax.Array, KV | None]:
         """x [B, T, D] -> [B, T, D]. With the all-layer cache (k, v [L, B, S, Hkv, Dh]), k/v of x
         are first written in place at (layer, slots i32[B, T]) (out-of-range slots are dropped)
-        and the queries attend over that layer's S slots."""
+        and the queries attend over that layer's S slots. mask: see `dr_jax.models.attention`."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -163,7 +122,8 @@ class Attention(nnx.Module):
                 cache[1].at[layer, rows, slots].set(v.astype(cache[1].dtype), mode="drop"),
             )
             k, v = cache[0][layer], cache[1][layer]
-        return self.o_proj(attention(q, k, v, mask, attention_chunk)), cache
+        attended = attention(q, k, v, mask, attention_chunk, attention_impl)
+        return self.o_proj(attended), cache
 
 
 class MLP(nnx.Module):
@@ -184,8 +144,8 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed")
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, rope, mask, cache=None, slots=None, layer=None, attention_chunk=None):
-        h, cache = self.attn(self.input_norm(x), rope, mask, cache, slots, layer, attention_chunk)
+    def __call__(self, x, rope, mask, cache=None, slots=None, layer=None, chunk=None, impl="xla"):
+        h, cache = self.attn(self.input_norm(x), rope, mask, cache, slots, layer, chunk, impl)
         x = x + h
         return x + self.mlp(self.post_attn_norm(x)), cache
 
@@ -215,12 +175,14 @@ class Qwen(nnx.Module):
         *,
         cache: KV | None = None,
         slots: jax.Array | None = None,
-        remat: bool = False,
+        remat: bool | str = False,
         attention_chunk: int | None = None,
+        attention_impl: str = "xla",
     ) -> tuple[jax.Array, KV | None]:
-        """tokens/positions i32[B, T], mask bool[B, T, S] -> hidden [B, T, D] and the new cache
-        (k, v [L, B, S, Hkv, Dh]) when one is given. remat recomputes each layer's activations
-        in the backward pass; attention_chunk bounds attention memory (see `attention`)."""
+        """tokens/positions i32[B, T], mask bool[B, T, S] or causal-form bool[B, T] -> hidden
+        [B, T, D] and the new cache (k, v [L, B, S, Hkv, Dh]) when one is given. remat: what each
+        layer keeps for the backward pass (`dr_jax.models.remat`); attention_chunk and
+        attention_impl pick the attention (`dr_jax.models.attention`)."""
         x = jnp.take(self.embed[...], tokens, axis=0)
         rope = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
         graphdef, stacked = nnx.split(self.layers)
@@ -229,10 +191,9 @@ class Qwen(nnx.Module):
             x, cache = carry  # the cache rides in the carry, so XLA updates it in place
             layer_state, index = layer_state_and_index
             layer = nnx.merge(graphdef, layer_state)
-            return layer(x, rope, mask, cache, slots, index, attention_chunk), None
+            return layer(x, rope, mask, cache, slots, index, attention_chunk, attention_impl), None
 
-        if remat:
-            block = jax.checkpoint(block)
+        block = checkpointed(block, remat)
         layers = (stacked, jnp.arange(self.config.num_layers))
         (x, cache), _ = jax.lax.scan(block, (x, cache), layers)
         return self.norm(x), cache
