@@ -101,9 +101,9 @@ def test_missing_weights_name_the_directory(hf_dir, tmp_path):
 def test_unknown_architecture_names_config_json(hf_dir, tmp_path):
     _, directory = hf_dir
     config = json.loads((directory / "config.json").read_text())
-    config.update(model_type="llama", architectures=["LlamaForCausalLM"])
+    config.update(model_type="mistral", architectures=["MistralForCausalLM"])
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"config\.json.*llama"):
+    with pytest.raises(ValueError, match=r"config\.json.*mistral"):
         load_pretrained(tmp_path)
 
 

@@ -223,7 +223,7 @@ def test_init_is_deterministic_in_the_seed():
         ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling"),
         ({"num_experts": 8}, "num_experts"),
         ({"hidden_act": "gelu"}, "hidden_act"),
-        ({"model_type": "llama"}, "llama"),
+        ({"model_type": "mistral"}, "mistral"),
     ],
 )
 def test_unsupported_hf_options_raise_naming_the_option(change, named):

@@ -20,8 +20,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, SingleDeviceSharding
 
 from dr_jax.models.config import ModelConfig
+from dr_jax.models.gguf import GGUFModel
 from dr_jax.models.policy import Policy, abstract_model, named_shardings
 from dr_jax.models.safetensors_io import read_safetensors, write_safetensors
+from dr_jax.models.sources import resolve_model
 
 _INDEX = "model.safetensors.index.json"
 _TOP_LEVEL = {
@@ -117,14 +119,19 @@ def read_config(directory: str | Path) -> ModelConfig:
 def load_pretrained(
     path: str | Path, *, dtype=jnp.float32, mesh: Mesh | None = None, remat: bool = False
 ) -> Policy:
-    """A Policy with f32 params read from an HF directory; `dtype` is the compute dtype.
+    """A Policy with f32 params; `dtype` is the compute dtype. `path`: an HF directory, a .gguf
+    file, a catalog name or a Hugging Face Hub id (`dr_jax.models.sources.resolve_model`).
 
     Tensors are memory-mapped and each device receives only its own shard (on a mesh, placed by
     the default logical-axis rules), so host memory peaks near one layer's tensor per device.
     """
-    directory = Path(path)
-    config = read_config(directory)
-    checkpoint = _Checkpoint(directory)
+    source = resolve_model(path)
+    if source.suffix == ".gguf":
+        checkpoint = GGUFModel(source)
+        config = checkpoint.config
+    else:
+        config = read_config(source)
+        checkpoint = _Checkpoint(source)
     graphdef, abstract = abstract_model(config)
     if mesh is None:
         device = SingleDeviceSharding(jax.devices()[0])

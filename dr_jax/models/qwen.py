@@ -16,10 +16,12 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from dr_jax.models.attention import attention
 from dr_jax.models.config import ModelConfig
+from dr_jax.models.rope import rope_frequencies
 from dr_jax.models.remat import checkpointed
 
 _INIT_STD = 0.02
@@ -71,9 +73,8 @@ class RMSNorm(nnx.Module):
         return self.scale[...] * y.astype(x.dtype)
 
 
-def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos, sin f32[B, T, 1, Dh/2] of angle p * theta^(-2i/Dh) for positions i32[B, T]."""
-    inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+def rope_angles(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """cos, sin f32[B, T, 1, Dh/2] of angle p * inv_freq[i] for positions i32[B, T]."""
     angles = positions.astype(jnp.float32)[..., None, None] * inv_freq
     return jnp.cos(angles), jnp.sin(angles)
 
@@ -184,7 +185,7 @@ class Qwen(nnx.Module):
         layer keeps for the backward pass (`dr_jax.models.remat`); attention_chunk and
         attention_impl pick the attention (`dr_jax.models.attention`)."""
         x = jnp.take(self.embed[...], tokens, axis=0)
-        rope = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
+        rope = rope_angles(positions, rope_frequencies(self.config))
         graphdef, stacked = nnx.split(self.layers)
 
         def block(carry, layer_state_and_index):

