@@ -16,7 +16,8 @@ class PolicyConfig:
     """Which policy to load, and in which compute dtype."""
 
     path: str = TINY
-    """HF checkpoint dir (config.json, *.safetensors, tokenizer) or "tiny" (random tiny model)."""
+    """HF checkpoint dir (config.json, *.safetensors, tokenizer), a .gguf file, a catalog name
+    (smollm2-135m-instruct), a Hugging Face Hub id, or "tiny" (random tiny model)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Compute dtype; parameters stay float32 and logits are always float32."""
     seed: int = 0
@@ -24,7 +25,7 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         if not self.path:
-            raise ValueError('PolicyConfig.path is empty: pass a checkpoint directory or "tiny".')
+            raise ValueError('PolicyConfig.path is empty: pass a model path or name, or "tiny".')
 
     @property
     def is_tiny(self) -> bool:

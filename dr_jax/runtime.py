@@ -6,7 +6,6 @@ Each turns one config piece from `dr_jax.config` (or `ToolsConfig`) into a live 
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import jax.numpy as jnp
 from jax.sharding import Mesh
@@ -23,16 +22,12 @@ LOOPBACK = "127.0.0.1"
 
 
 def build_policy(config: PolicyConfig, mesh: object = None) -> Policy:
-    """The tiny random policy (real Qwen2.5 vocabulary) or a checkpoint loaded from disk."""
+    """The tiny random policy (real Qwen2.5 vocabulary) or a checkpoint: an HF directory, a
+    .gguf file, a catalog name or a Hub id (`dr_jax.models.sources.resolve_model`)."""
     dtype = jnp.dtype(config.dtype)
     if config.is_tiny:
         return init_policy(ModelConfig.tiny(), seed=config.seed, dtype=dtype, mesh=mesh)
-    path = Path(config.path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"--policy.path {path} has no config.json: pass an HF checkpoint directory or 'tiny'."
-        )
-    return load_pretrained(path, dtype=dtype, mesh=mesh)
+    return load_pretrained(config.path, dtype=dtype, mesh=mesh)
 
 
 def build_tokenizer(config: PolicyConfig) -> PreTrainedTokenizerBase:
