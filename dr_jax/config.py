@@ -5,7 +5,10 @@ in-process JAX sampler. tyro turns the field comments into `--help` text.
 """
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from dr_jax.models.attention import AttentionImpl, resolve
+from dr_jax.models.remat import RematPolicy
 
 TINY = "tiny"
 """`PolicyConfig.path` for a random tiny Qwen2-architecture model with the real tokenizer."""
@@ -22,10 +25,30 @@ class PolicyConfig:
     """Compute dtype; parameters stay float32 and logits are always float32."""
     seed: int = 0
     """Initialisation seed of the tiny random model (ignored for checkpoints)."""
+    remat: RematPolicy = "none"
+    """What each decoder layer keeps for the backward pass: none (all), full (its input only;
+    recomputed) or matmuls (projection outputs; the rest recomputed)."""
+    attention: AttentionImpl = "auto"
+    """Attention: auto (splash on TPU, cudnn on GPU, else xla or chunked), xla, chunked,
+    splash (TPU Pallas kernel) or cudnn (GPU)."""
+    attention_chunk: int = 0
+    """Queries per attention block for chunked attention and the sampler's KV-cache attention
+    (memory [chunk, T] per head); 0: whole rows (chunked: 1024)."""
 
     def __post_init__(self) -> None:
         if not self.path:
             raise ValueError('PolicyConfig.path is empty: pass a model path or name, or "tiny".')
+        if self.attention_chunk < 0:
+            raise ValueError(f"--policy.attention-chunk must be >= 0, got {self.attention_chunk}.")
+
+    def model_options(self, platform: str) -> dict[str, Any]:
+        """The memory knobs as `Policy.replace` arguments, "auto" resolved for `platform`."""
+        chunk = self.attention_chunk or None
+        return {
+            "remat": self.remat,
+            "attention": resolve(self.attention, platform, chunk),
+            "attention_chunk": chunk,
+        }
 
     @property
     def is_tiny(self) -> bool:

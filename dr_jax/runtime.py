@@ -7,6 +7,7 @@ Each turns one config piece from `dr_jax.config` (or `ToolsConfig`) into a live 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 from transformers import PreTrainedTokenizerBase
@@ -25,9 +26,11 @@ def build_policy(config: PolicyConfig, mesh: object = None) -> Policy:
     """The tiny random policy (real Qwen2.5 vocabulary) or a checkpoint: an HF directory, a
     .gguf file, a catalog name or a Hub id (`dr_jax.models.sources.resolve_model`)."""
     dtype = jnp.dtype(config.dtype)
+    options = config.model_options(jax.default_backend())
     if config.is_tiny:
-        return init_policy(ModelConfig.tiny(), seed=config.seed, dtype=dtype, mesh=mesh)
-    return load_pretrained(config.path, dtype=dtype, mesh=mesh)
+        policy = init_policy(ModelConfig.tiny(), seed=config.seed, dtype=dtype, mesh=mesh)
+        return policy.replace(**options)
+    return load_pretrained(config.path, dtype=dtype, mesh=mesh).replace(**options)
 
 
 def build_tokenizer(config: PolicyConfig) -> PreTrainedTokenizerBase:

@@ -5,21 +5,29 @@
     python launch/eval.py run --dataset ../shared/data/deepresearcher/test.parquet \
         --policy.path CKPT --sampler.kind sglang --sampler.url http://127.0.0.1:30000 \
         --tools.search-backend serper --judge.url https://api.openai.com/v1
+    python launch/eval.py run --policy.path DIR --compile-only v5p:2x2x4   # fits? (config.json)
     python launch/eval.py score rollout_step_0.json --dataset test.parquet   # DeepResearcher output
 
 Results go to --out-dir (samples.jsonl, summary.json, summary.md); rerunning resumes.
 """
 
+import argparse
 import asyncio
+import sys
 from typing import Annotated
 
 import tyro
 
+from dr_jax.aot import compile_eval
 from dr_jax.eval import EvalConfig, ScoreConfig, evaluate, render_markdown, score_results
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Parse the command line, run it, print the summary table; returns the summary."""
+    """Parse the command line, run it, print the summary table; returns the summary.
+    `run --compile-only TOPOLOGY` compiles the sampler for a TPU topology instead."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--compile-only", metavar="TOPOLOGY", default=None)
+    known, argv = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
     config = tyro.cli(
         Annotated[EvalConfig, tyro.conf.subcommand("run", description="Evaluate a policy.")]
         | Annotated[
@@ -28,6 +36,10 @@ def main(argv: list[str] | None = None) -> dict:
         default=EvalConfig(),
         args=argv,
     )
+    if known.compile_only:
+        if not isinstance(config, EvalConfig):
+            raise SystemExit("--compile-only goes with `run` (the sampler), not `score`")
+        sys.exit(compile_eval(config, known.compile_only))
     if isinstance(config, ScoreConfig):
         summary = asyncio.run(score_results(config))
     else:

@@ -253,6 +253,13 @@ class _Request:
         return SampleResult(self.tokens, self.logprobs, reason)
 
 
+def cache_shardings(mesh: Mesh, kv_heads: int) -> KVCache:
+    """The KV cache's layout: rows over data x fsdp, KV heads over tp when it divides them."""
+    tp = "tp" if kv_heads % mesh.shape.get("tp", 1) == 0 else None
+    kv = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES, None, tp, None))
+    return KVCache(kv, kv, NamedSharding(mesh, PartitionSpec(BATCH_AXES)))
+
+
 def _bucket(n: int, floor: int) -> int:
     """Smallest power of two >= max(n, floor)."""
     return 1 << (max(n, floor, 1) - 1).bit_length()
@@ -348,10 +355,7 @@ class JaxSampler:
     def _empty_cache(self) -> KVCache:
         if self.mesh is None:
             return self.policy.init_cache(self.batch, self.max_len)
-        kv_heads = self.policy.config.num_kv_heads
-        tp = "tp" if kv_heads % self.mesh.shape.get("tp", 1) == 0 else None
-        kv = NamedSharding(self.mesh, PartitionSpec(None, BATCH_AXES, None, tp, None))
-        shardings = KVCache(kv, kv, self._row_sharding(1))
+        shardings = cache_shardings(self.mesh, self.policy.config.num_kv_heads)
         init = functools.partial(self.policy.init_cache, self.batch, self.max_len)
         return jax.jit(init, out_shardings=shardings)()
 

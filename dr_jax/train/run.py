@@ -20,8 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
+from dr_jax.aot import preflight
 from dr_jax.data import DataIterator, QAExample, examples_from_questions, load_dataset
 from dr_jax.models import Policy, load_pretrained, save_pretrained
 from dr_jax.rollout import Agent, AgentConfig, SGLangSampler
@@ -166,6 +168,7 @@ def build_agents(config: TrainConfig, sampler: Any, tokenizer: Any, tools: Any) 
 async def train(config: TrainConfig) -> dict[str, Any]:
     """Runs (or resumes) the whole training; returns the last metrics record."""
     maybe_initialize_distributed()
+    preflight(config)  # on TPU: every program compiled and checked against HBM first
     mesh = make_mesh(config.mesh)
     run_dir = Path(config.run_dir)
     g = config.grpo
@@ -193,7 +196,9 @@ async def train(config: TrainConfig) -> dict[str, Any]:
         agent, val_agent = build_agents(config, sampler, tokenizer, tools)
         warm_dir = run_dir / "warm_start"
         if warm_dir.is_dir():
-            policy = load_pretrained(warm_dir, dtype=jnp.dtype(config.policy.dtype), mesh=mesh)
+            options = config.policy.model_options(jax.default_backend())
+            warm = load_pretrained(warm_dir, dtype=jnp.dtype(config.policy.dtype), mesh=mesh)
+            policy = warm.replace(**options)
         elif config.sft.steps and not resuming:
             if world is None:
                 raise ValueError("--sft.steps > 0 needs the offline world (--data.source world)")

@@ -11,7 +11,8 @@ large vocabulary never exist.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -149,13 +150,13 @@ class Learner:
             out_shardings=self.param_shardings,
         )
         self._logprobs = jax.jit(
-            self._logprobs_fn,
+            self._in_mesh(self._logprobs_fn),
             static_argnums=(4, 5),
             in_shardings=(self.param_shardings, self._rows, self._rows, self._rows),
             out_shardings=self._rows,
         )
         self._step = jax.jit(
-            self._step_fn,
+            self._in_mesh(self._step_fn),
             static_argnums=(2, 3, 4),
             in_shardings=(self.state_shardings, self._rows),
             out_shardings=(self.state_shardings, rep),
@@ -203,6 +204,30 @@ class Learner:
         its device memory, `.cost_analysis()` its FLOPs."""
         return self._step.lower(state, *self._step_inputs(batch))
 
+    def lower_abstract(self, rows: int, length: int, on_policy: bool) -> dict[str, Any]:
+        """The step and the log-prob pass lowered for `rows` x `length` batches without any
+        data (every position trained: the largest K), for compile-only memory checks."""
+        padded, micro = self._layout(rows)
+        shape = jax.ShapeDtypeStruct((padded, length), jnp.float32, sharding=self._rows)
+        tokens = jax.ShapeDtypeStruct((padded, length), jnp.int32, sharding=self._rows)
+        names = ("advantages", "old_logprobs", "ref_logprobs")
+        arrays = {"tokens": tokens, "attention_mask": tokens, "loss_mask": tokens}
+        arrays |= dict.fromkeys(names, shape)
+        rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
+        state = jax.eval_shape(self._init_fn, self.policy.params, rng)
+        state = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            state,
+            self.state_shardings,
+        )
+        k = length - 1
+        return {
+            "learner step": self._step.lower(state, arrays, padded // micro, on_policy, k),
+            "log-probs (old, ref)": self._logprobs.lower(
+                state.params, tokens, tokens, tokens, padded // micro, k
+            ),
+        }
+
     def _step_inputs(self, batch: TrainBatch) -> tuple[dict, int, bool, int]:
         if self.loss.kl_coef and batch.ref_logprobs is None:
             raise ValueError(
@@ -229,6 +254,17 @@ class Learner:
         return arrays, padded // micro, on_policy, scored
 
     # ---- jitted bodies ------------------------------------------------------------------------
+
+    def _in_mesh(self, fn: Callable) -> Callable:
+        """`fn` traced under this learner's mesh, so a kernel that must be shard_mapped (splash
+        attention) finds the mesh it runs on."""
+
+        @functools.wraps(fn)
+        def traced(*args: Any) -> Any:
+            with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+                return fn(*args)
+
+        return traced
 
     def _scored_positions(self, loss_mask: Any, length: int) -> int:
         """Static K for `num_scored_positions`; a mask not on this host scores every position."""
