@@ -1,4 +1,5 @@
-"""Tiny random transformers (torch CPU) Qwen models: the numerical reference for dr_jax.models."""
+"""Tiny random transformers (torch CPU) Qwen and Llama models: the numerical reference for
+dr_jax.models."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import numpy as np
 import torch
 import transformers
 
-# Four shapes covering: GQA ratio 1 and > 1, head_dim != hidden / heads, tied and untied
-# embeddings, q/k/v biases (Qwen2) and q/k RMSNorm (Qwen3).
+# Shapes covering: GQA ratio 1 and > 1, head_dim != hidden / heads, tied and untied
+# embeddings, q/k/v biases (Qwen2), q/k RMSNorm (Qwen3), neither (Llama), and Llama 3.1's RoPE
+# scaling (an original context of 64 puts the 12 frequencies of head_dim 24 in all three bands).
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                  "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # fmt: skip
 CONFIGS = {
     "qwen2-mha-tied": dict(model_type="qwen2", num_attention_heads=4, num_key_value_heads=4,
                            tie_word_embeddings=True),
@@ -19,6 +23,11 @@ CONFIGS = {
                                  num_key_value_heads=2, head_dim=24, tie_word_embeddings=False),
     "qwen3-gqa4-tied": dict(model_type="qwen3", num_attention_heads=8, num_key_value_heads=2,
                             head_dim=8, tie_word_embeddings=True),
+    "llama-gqa2-untied": dict(model_type="llama", num_attention_heads=4, num_key_value_heads=2,
+                              tie_word_embeddings=False),
+    "llama3-scaled-gqa4-tied": dict(model_type="llama", num_attention_heads=4,
+                                    num_key_value_heads=1, head_dim=24, tie_word_embeddings=True,
+                                    rope_scaling=LLAMA3_SCALING),
 }  # fmt: skip
 
 
