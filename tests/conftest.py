@@ -1,8 +1,13 @@
 """Shared fixtures: the `shared/` data folder and the real Qwen2.5 tokenizer, built offline."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+# CPU tests: with libtpu installed (the `tpu` extra) JAX would otherwise probe for TPU chips at
+# start-up and print libtpu's warnings; the compile-only tests reach libtpu by themselves.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
