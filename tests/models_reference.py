@@ -31,26 +31,25 @@ CONFIGS = {
 }  # fmt: skip
 
 
-def hf_config(name: str, vocab_size: int = 256) -> transformers.PretrainedConfig:
-    fields = dict(CONFIGS[name])
+def hf_config(name: str, vocab_size: int = 256, **overrides) -> transformers.PretrainedConfig:
+    fields = {**CONFIGS[name], **overrides}
     model_type = fields.pop("model_type")
-    return transformers.AutoConfig.for_model(
-        model_type,
+    shape = dict(
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=96,
         num_hidden_layers=2,
         rope_theta=500.0,  # not the default, so a dropped theta fails the parity tests
         max_position_embeddings=512,
-        **fields,
     )
+    return transformers.AutoConfig.for_model(model_type, **{**shape, **fields})
 
 
-def random_hf_model(name: str, seed: int = 0) -> transformers.PreTrainedModel:
+def random_hf_model(name: str, seed: int = 0, **overrides) -> transformers.PreTrainedModel:
     """A model whose every weight, bias and norm scale is random (so no mapping hides behind
-    zeros or ones)."""
+    zeros or ones); `overrides` change fields of the named config (vocab_size too)."""
     torch.manual_seed(seed)
-    config = hf_config(name)
+    config = hf_config(name, **overrides)
     model = transformers.AutoModelForCausalLM.from_config(
         config, attn_implementation="eager", dtype=torch.float32
     )

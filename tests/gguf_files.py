@@ -1,0 +1,205 @@
+"""Small GGUF files written in the tests with gguf's GGUFWriter, laid out as llama.cpp's
+converter lays out a Llama: llama.cpp tensor names, Q/K rows of each head interleaved,
+2-D weights quantized, norms float32, the tokenizer and chat template as metadata."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+import numpy as np
+import transformers
+from gguf import GGMLQuantizationType, TokenType
+from gguf.quants import quantize
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+CHATML = (
+    "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou answer briefly.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+TRAINING_TEXT = [
+    "Who founded Gobor Press? Elna Varsi founded it in 1987, in the city of Tallinn.",
+    "The search returned three results; the second page names the founder of the press.",
+    "<think>I should search first.</think> The answer is <answer>Elna Varsi</answer>.",
+    "Numbers like 2024 and 365 are split into digits; emoji 🤖 and café stay bytes.",
+] * 4
+
+
+@dataclass
+class TokenizerSpec:
+    """The tokenizer metadata of a GGUF file (llama.cpp keys)."""
+
+    tokens: list[str]
+    types: list[int]
+    merges: list[str]
+    pre: str
+    bos: int | None
+    eos: int | None
+    unk: int | None = None
+    pad: int | None = None
+    add_bos: bool = False
+    chat_template: str | None = CHATML
+    extra: dict = field(default_factory=dict)
+
+
+def small_bpe_tokenizer(vocab_size: int = 320) -> TokenizerSpec:
+    """A byte-level BPE trained here the way SmolLM's was split (each digit alone, then GPT-2's
+    regex), with ChatML control tokens first and two user-defined tokens last."""
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(TRAINING_TEXT, trainer)
+    model = json.loads(backend.to_str())["model"]
+    tokens = [*sorted(model["vocab"], key=model["vocab"].get), "<think>", "</think>"]
+    types = [TokenType.CONTROL if t in specials else TokenType.NORMAL for t in tokens]
+    types[-2:] = [TokenType.USER_DEFINED] * 2
+    merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
+    return TokenizerSpec(
+        tokens, [int(t) for t in types], merges, "smollm", bos=1, eos=2, unk=0, pad=2
+    )
+
+
+def tokenizer_spec_of(tokenizer: transformers.PreTrainedTokenizerFast, pre: str) -> TokenizerSpec:
+    """The GGUF metadata llama.cpp's converter writes for an HF byte-level BPE tokenizer."""
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = dict(data["model"]["vocab"])
+    added = {t["content"]: t for t in data["added_tokens"]}
+    vocab.update({content: t["id"] for content, t in added.items()})
+    tokens = sorted(vocab, key=vocab.get)
+    types = [
+        (TokenType.CONTROL if added[t]["special"] else TokenType.USER_DEFINED)
+        if t in added
+        else TokenType.NORMAL
+        for t in tokens
+    ]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in data["model"]["merges"]]
+    return TokenizerSpec(
+        tokens,
+        [int(t) for t in types],
+        merges,
+        pre,
+        bos=None,
+        eos=tokenizer.eos_token_id,
+        pad=tokenizer.pad_token_id,
+        chat_template=tokenizer.chat_template,
+    )
+
+
+def llama_cpp_permute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """HF's rotate-half row order of each Q/K head -> llama.cpp's interleaved pairs."""
+    rows = weight.shape[0]
+    return (
+        weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+_LAYER_NAMES = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+def gguf_tensors(model: transformers.PreTrainedModel) -> dict[str, np.ndarray]:
+    """The model's float32 tensors under llama.cpp's names and layout."""
+    config = model.config
+    out = {}
+    for name, tensor in model.state_dict().items():
+        array = tensor.float().numpy()
+        if name == "model.embed_tokens.weight":
+            out["token_embd.weight"] = array
+        elif name == "model.norm.weight":
+            out["output_norm.weight"] = array
+        elif name == "lm_head.weight":
+            if not config.tie_word_embeddings:
+                out["output.weight"] = array
+        else:
+            _, _, layer, *module, _ = name.split(".")
+            short = _LAYER_NAMES[".".join(module)]
+            if short == "attn_q":
+                array = llama_cpp_permute(array, config.num_attention_heads)
+            elif short == "attn_k":
+                array = llama_cpp_permute(array, config.num_key_value_heads)
+            out[f"blk.{layer}.{short}.weight"] = array
+    return out
+
+
+def write_gguf(
+    path: Path,
+    model: transformers.PreTrainedModel,
+    tokenizer: TokenizerSpec,
+    qtype: GGMLQuantizationType = GGMLQuantizationType.F32,
+    *,
+    arch: str = "llama",
+    tensors: dict[str, np.ndarray] | None = None,
+    raw: dict[str, tuple[np.ndarray, GGMLQuantizationType]] | None = None,
+) -> Path:
+    """Writes `model` (its tensors, or `tensors`) as a GGUF file with 2-D weights stored as
+    `qtype`; `raw` adds tensors already encoded (bytes, type)."""
+    config = model.config
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_rope_dimension_count(config.head_dim)
+    rope = getattr(config, "rope_parameters", None) or {}  # transformers 5; 4.x: rope_theta
+    writer.add_rope_freq_base(rope.get("rope_theta") or config.rope_theta)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(tokenizer.pre)
+    writer.add_token_list(tokenizer.tokens)
+    writer.add_token_types(tokenizer.types)
+    writer.add_token_merges(tokenizer.merges)
+    for key, value in (("bos", tokenizer.bos), ("eos", tokenizer.eos), ("unk", tokenizer.unk)):
+        if value is not None:
+            getattr(writer, f"add_{key}_token_id")(value)
+    if tokenizer.pad is not None:
+        writer.add_pad_token_id(tokenizer.pad)
+    writer.add_add_bos_token(tokenizer.add_bos)
+    if tokenizer.chat_template is not None:
+        writer.add_chat_template(tokenizer.chat_template)
+    for key, value in tokenizer.extra.items():
+        writer.add_string(key, value)
+    for name, array in (tensors if tensors is not None else gguf_tensors(model)).items():
+        if array.ndim == 1 or qtype == GGMLQuantizationType.F32:
+            writer.add_tensor(name, array.astype(np.float32))
+        elif qtype == GGMLQuantizationType.F16:
+            writer.add_tensor(name, array.astype(np.float16))
+        else:
+            writer.add_tensor(name, quantize(array, qtype), raw_dtype=qtype)
+    for name, (data, kind) in (raw or {}).items():
+        writer.add_tensor(name, data, raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
