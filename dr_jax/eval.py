@@ -35,7 +35,7 @@ from dr_jax.rollout import (
     SamplingParams,
     Trajectory,
 )
-from dr_jax.rollout.prompts import PromptTemplate, default_prompt
+from dr_jax.rollout.prompts import PromptConfig, PromptTemplate
 from dr_jax.runtime import (
     build_policy,
     build_sampler,
@@ -86,11 +86,8 @@ class EvalConfig:
     """Decoding; the default is greedy. DeepResearcher's protocol: --sampler.temperature 1.0."""
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
-    system_prompt_file: str | None = None
-    """Text file replacing the built-in system prompt ({date} is filled in), e.g. the prompt
-    a checkpoint was trained with."""
-    tools_file: str | None = None
-    """JSON list of tool schemas replacing the built-in ones (needs --system-prompt-file)."""
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    """The prompt the checkpoint was trained with (style, or files replacing it)."""
     today: str | None = None
     """Date the system prompt states (YYYY-MM-DD); default: today (UTC)."""
     max_turns: int = 10
@@ -113,14 +110,6 @@ class EvalConfig:
             raise ValueError(f"--limit must be >= 1, got {self.limit}.")
         if self.concurrency < 1:
             raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}.")
-        if self.tools_file and not self.system_prompt_file:
-            raise ValueError("--tools-file goes with --system-prompt-file: pass both.")
-
-    def template(self) -> PromptTemplate:
-        """The prompt: built in, or read from --system-prompt-file (and --tools-file)."""
-        if self.system_prompt_file is None:
-            return default_prompt()
-        return PromptTemplate.from_file(self.system_prompt_file, self.tools_file)
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change when a run is resumed (selection and batching may)."""
@@ -133,7 +122,7 @@ class EvalConfig:
             "sampler": [sampler.kind, sampler.temperature, sampler.top_p, sampler.top_k],
             "max_new_tokens": sampler.max_new_tokens,
             "max_turns": self.max_turns,
-            "prompt": [self.system_prompt_file, self.tools_file],
+            "prompt": asdict(self.prompt),
             "max_context_tokens": self.max_context_tokens,
             "seed": self.seed,
             "search_backend": self.tools.search_backend,
@@ -461,7 +450,7 @@ def run_meta(config: EvalConfig, seconds: float) -> dict[str, Any]:
         "top_p": sampler.top_p,
         "top_k": sampler.top_k,
         "seed": config.seed,
-        "prompt": config.system_prompt_file or "built-in",
+        "prompt": config.prompt.system_file or config.prompt.style,
         "max_turns": config.max_turns,
         "max_new_tokens": sampler.max_new_tokens,
         "search_backend": config.tools.search_backend,
@@ -514,7 +503,7 @@ async def _run(
 ) -> None:
     """Roll out the examples not `done`, appending each record to samples.jsonl when ready."""
     todo = [e for e in examples if e.id not in done]
-    template = config.template()
+    template = config.prompt.template()
     tokenizer = build_tokenizer(config.policy)
     async with contextlib.AsyncExitStack() as stack:
         tools = await stack.enter_async_context(start_world_tools(config.tools, world))

@@ -17,6 +17,7 @@ from dr_jax.config import PolicyConfig, SamplerConfig
 from dr_jax.eval import SAMPLES, EvalConfig, ScoreConfig, evaluate, score_results
 from dr_jax.judge import JudgeConfig
 from dr_jax.rollout import Sampler
+from dr_jax.rollout.prompts import PromptConfig
 from dr_jax.runtime import build_policy, build_sampler
 from dr_jax.tools import ToolsConfig
 from dr_jax.tools.search import build_index
@@ -105,7 +106,10 @@ def test_a_prompt_file_replaces_the_system_prompt(world, shared_dir, tmp_path):
     system = tmp_path / "system.txt"
     system.write_text(prompts["system_prompt_online_search"])
     config = oracle_config(
-        tmp_path / "run", limit=2, system_prompt_file=str(system), today="2025-04-01"
+        tmp_path / "run",
+        limit=2,
+        prompt=PromptConfig(system_file=str(system)),
+        today="2025-04-01",
     )
     summary = asyncio.run(evaluate(config, world))
     assert summary["meta"]["prompt"] == str(system)

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from dr_jax.rollout.parse import parse_turn
-from dr_jax.rollout.prompts import PromptTemplate, default_prompt, load_tools
+from dr_jax.rollout.prompts import PromptConfig, PromptTemplate, default_prompt, load_tools
 
 TODAY = "2025-04-01"
 QUESTION = "Which river flows through the city where the Rialto Bridge stands?"
@@ -237,3 +237,56 @@ def test_template_not_closing_turns_with_eos_is_refused(custom_template_tokenize
     tokenizer.chat_template = "{% for m in messages %}[{{ m.content }}]{% endfor %}"
     with pytest.raises(ValueError, match="eos"):
         default_prompt().observation_ids(tokenizer, "result")
+
+
+# ChatML without tool support, as SmolLM2-Instruct's template (its tool turns are plain roles).
+PLAIN_CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+    "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_a_template_without_tools_gets_the_schemas_in_the_system_message(
+    custom_template_tokenizer,
+):
+    tokenizer = custom_template_tokenizer
+    tokenizer.chat_template = PLAIN_CHATML
+    text = default_prompt().prompt_text(tokenizer, QUESTION, today=TODAY)
+    system = text[: text.index("<|im_end|>")]
+    assert system.startswith("<|im_start|>system\n## Setting\n* Date: 2025-04-01")
+    schemas = system[system.index("\n\n# Tools\n") + len("\n\n# Tools\n") :].splitlines()
+    assert [json.loads(line)["function"]["name"] for line in schemas] == [
+        "web_search",
+        "browse_webpage",
+    ]
+    assert text.endswith(f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n<think>")
+
+
+def test_compact_prompt_appends_turns_token_by_token(custom_template_tokenizer):
+    """The compact prompt has no schema to append; a whole conversation's ids still equal the
+    concatenation of prompt, sampled turns and observations."""
+    tokenizer = custom_template_tokenizer
+    tokenizer.chat_template = PLAIN_CHATML
+    template = PromptConfig(style="compact").template()
+    assert template.tools == () and "# Tools" not in template.prompt_text(tokenizer, QUESTION)
+    ids = template.prompt_ids(tokenizer, QUESTION, today=TODAY)
+    messages = template.messages(QUESTION, today=TODAY)
+    for turn, observation in zip(TURNS, [*OBSERVATIONS, None], strict=True):
+        ids += sampled_ids(tokenizer, turn)
+        messages.append({"role": "assistant", "content": "<think>" + turn})
+        if observation is not None:
+            ids += template.observation_ids(tokenizer, observation)
+            messages.append({"role": "tool", "content": observation})
+    full = template.render(tokenizer, messages, add_generation_prompt=False)
+    assert ids == tokenizer.encode(full.removesuffix("\n"), add_special_tokens=False)
+
+
+def test_prompt_config_picks_files_over_style_and_refuses_tools_alone(tmp_path):
+    system = tmp_path / "system.txt"
+    system.write_text("Answer. Today is {date}.")
+    template = PromptConfig(style="compact", system_file=str(system)).template()
+    assert template.system_text("2025-04-01") == "Answer. Today is 2025-04-01."
+    assert template.tools == default_prompt().tools
+    with pytest.raises(ValueError, match=r"--prompt\.system-file"):
+        PromptConfig(tools_file=str(system))

@@ -237,3 +237,9 @@ def test_bad_size_names_the_fix():
         World.generate(seed=0, size="huge")
     with pytest.raises(ValueError, match="split"):
         World.generate(seed=0, size="tiny").split("validation")
+
+
+def test_larger_worlds_hold_out_a_twelfth_of_their_questions():
+    big = World.generate(0, 1200)
+    assert len(big.split("dev")) == len(big.split("test")) == 200
+    assert sum(q.data_source == "world_1hop" for q in big.split("dev")) == 50

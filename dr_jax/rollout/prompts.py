@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -54,6 +54,20 @@ the final answer
 
 Keep to these shapes exactly. Put only the answer itself inside <answer></answer>: a short \
 phrase, name, number or date, with no explanation. Answer yes-or-no questions with yes or no."""
+
+COMPACT_SYSTEM_PROMPT = """\
+You answer questions by searching the web. Every reply has one of two forms.
+
+To search:
+<think>what you need to find</think>
+<tool_call>{"name": "web_search", "arguments": {"query": ["a few search words"]}}</tool_call>
+
+To answer, once the search results state it:
+<think>what the results say</think>
+<answer>the answer alone: a name, number or date</answer>"""
+"""A short prompt for small chat models (SmolLM2-135M): it shows the call inline instead of a
+tool schema, so a 130-token prompt carries the whole protocol (the full prompt is ~550 tokens,
+and small models follow a worked shape better than a JSON schema)."""
 
 WEB_SEARCH_TOOL: dict[str, Any] = {
     "type": "function",
@@ -157,9 +171,15 @@ class PromptTemplate:
         messages: Sequence[dict[str, Any]],
         add_generation_prompt: bool,
     ) -> str:
-        """The chat template's text for `messages` with this template's tool schemas."""
+        """The chat template's text for `messages` with this template's tool schemas.
+
+        A template that does not render tools (SmolLM2's, for one) gets them appended to the
+        system message instead, so the policy reads the schemas either way."""
+        messages = list(messages)
+        if self.tools and "tools" not in (tokenizer.chat_template or ""):
+            messages = _with_tools_in_system(messages, self.tools)
         return tokenizer.apply_chat_template(
-            list(messages),
+            messages,
             tools=list(self.tools),
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
@@ -216,6 +236,17 @@ class PromptTemplate:
         return _encode(tokenizer, self.observation_text(tokenizer, observation))
 
 
+def _with_tools_in_system(
+    messages: list[dict[str, Any]], tools: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`messages` with a "Tools" section (one JSON schema a line) closing the system message."""
+    if not messages or messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": ""}, *messages]
+    schemas = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
+    system = f"{messages[0]['content']}\n\n# Tools\n{schemas}".lstrip()
+    return [{**messages[0], "content": system}, *messages[1:]]
+
+
 def load_tools(path: str | Path) -> list[dict[str, Any]]:
     """Tool schemas from a JSON file holding a list of `{"type": "function", ...}` objects."""
     path = Path(path)
@@ -241,6 +272,30 @@ def escape_special_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
 def default_prompt() -> PromptTemplate:
     """dr_jax's own DeepResearcher-format prompt: web_search + browse_webpage, `<think>`."""
     return PromptTemplate()
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """Which prompt the policy reads (training and evaluation must use the same one)."""
+
+    style: Literal["full", "compact"] = "full"
+    """"full": dr_jax's DeepResearcher-format prompt with both tool schemas; "compact": a
+    130-token prompt showing the web_search call inline, for small models."""
+    system_file: str | None = None
+    """Text file replacing the system prompt ({date} is filled in), e.g. DeepResearcher's own."""
+    tools_file: str | None = None
+    """JSON list of tool schemas replacing the built-in ones (needs --prompt.system-file)."""
+
+    def __post_init__(self) -> None:
+        if self.tools_file and not self.system_file:
+            raise ValueError("--prompt.tools-file goes with --prompt.system-file: pass both.")
+
+    def template(self) -> PromptTemplate:
+        if self.system_file is not None:
+            return PromptTemplate.from_file(self.system_file, self.tools_file)
+        if self.style == "compact":
+            return PromptTemplate(system=COMPACT_SYSTEM_PROMPT, tools=())
+        return default_prompt()
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:

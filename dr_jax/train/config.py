@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dr_jax.config import PolicyConfig, SamplerConfig
+from dr_jax.rollout.prompts import PromptConfig
 from dr_jax.tools import ToolsConfig
 from dr_jax.train.metrics import MetricsConfig
 from dr_jax.train.optim import OptimConfig
@@ -162,6 +163,7 @@ class TrainConfig:
     )
     data: DataConfig = field(default_factory=lambda: DataConfig(data_sources=("world_1hop",)))
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     max_turns: int = 4
     """Model turns per trajectory (DeepResearcher: 10)."""
     weights_dir: str = ""
@@ -195,6 +197,7 @@ class TrainConfig:
             },
             "sampler": [self.sampler.kind, self.sampler.temperature, self.sampler.max_new_tokens],
             "max_turns": self.max_turns,
+            "prompt": dataclasses.asdict(self.prompt),
         }
 
     def replace(self, **changes: Any) -> TrainConfig:

@@ -27,7 +27,6 @@ from dr_jax.aot import preflight
 from dr_jax.data import DataIterator, QAExample, examples_from_questions, load_dataset
 from dr_jax.models import Policy, load_pretrained, save_pretrained
 from dr_jax.rollout import Agent, AgentConfig, SGLangSampler
-from dr_jax.rollout.prompts import default_prompt
 from dr_jax.runtime import (
     build_policy,
     build_sampler,
@@ -112,9 +111,9 @@ async def warm_start(
     )
     if not demos:
         raise RuntimeError("the oracle solved none of the warm-start questions: check the tools")
-    template = default_prompt()
+    template = config.prompt.template()
     rows = [
-        demonstration_ids(d, template, tokenizer, today=TODAY, end_of_turn="<|im_end|>")
+        demonstration_ids(d, template, tokenizer, today=TODAY, end_of_turn=tokenizer.eos_token)
         for d in demos
     ]
     if cfg.max_tokens:
@@ -159,9 +158,10 @@ def build_agents(config: TrainConfig, sampler: Any, tokenizer: Any, tools: Any) 
         agent_config,
         sampling=dataclasses.replace(sampling, temperature=config.grpo.val_temperature),
     )
+    template = config.prompt.template()
     return (
-        Agent(sampler, tokenizer, tools, agent_config),
-        Agent(sampler, tokenizer, tools, val_config),
+        Agent(sampler, tokenizer, tools, agent_config, template),
+        Agent(sampler, tokenizer, tools, val_config, template),
     )
 
 

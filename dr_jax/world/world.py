@@ -37,14 +37,14 @@ class World:
         """Deterministic in (seed, size): the same arguments give byte-identical pages.
 
         `size` is "tiny" (120 entities), "default" (600) or an entity (= page) count.
-        Questions: twice the entity count (at most 20,000), 100 each for dev and test
-        (fewer for small worlds).
+        Questions: twice the entity count (at most 20,000), a twelfth of them (at most 1,000)
+        each for dev and test: 100 each in the default world.
         """
         spec = _spec(seed, size)
         entities = generate_entities(spec)
         pages = render_pages(entities, seed)
         total = min(2 * spec.entities, 20_000)
-        questions = generate_questions(entities, seed, total, held_out=min(100, total // 12))
+        questions = generate_questions(entities, seed, total, held_out=min(1_000, total // 12))
         return cls(seed=seed, entities=entities, pages=pages, questions=questions)
 
     def split(self, name: str) -> list[Question]:
