@@ -17,11 +17,15 @@ import sys
 import tyro
 
 from dr_jax.aot import compile_train
-from dr_jax.train.config import TrainConfig, deepresearcher_preset
+from dr_jax.train.config import TrainConfig, deepresearcher_preset, embedded_preset
 from dr_jax.train.metrics import run_summary
 from dr_jax.train.run import train
 
-PRESETS = {"default": TrainConfig, "deepresearcher": deepresearcher_preset}
+PRESETS = {
+    "default": embedded_preset,
+    "smoke": TrainConfig,
+    "deepresearcher": deepresearcher_preset,
+}
 
 
 def parse(argv: list[str]) -> tuple[TrainConfig, str | None]:
