@@ -151,8 +151,8 @@ class GGUFModel:
             num_heads=heads,
             num_kv_heads=int(self.field(Keys.Attention.HEAD_COUNT_KV, heads)),
             head_dim=head_dim,
-            rope_theta=float(self.field(Keys.Rope.FREQ_BASE, 10_000.0)),
-            rms_norm_eps=float(self.required(Keys.Attention.LAYERNORM_RMS_EPS)),
+            rope_theta=_decimal(self.field(Keys.Rope.FREQ_BASE, 10_000.0)),
+            rms_norm_eps=_decimal(self.required(Keys.Attention.LAYERNORM_RMS_EPS)),
             tie_word_embeddings="output.weight" not in names,
             qkv_bias=False,
             qk_norm=False,
@@ -197,6 +197,12 @@ class GGUFModel:
         if pad is not None:
             hf["pad_token_id"] = pad
         return hf
+
+
+def _decimal(value: float) -> float:
+    """A float32 metadata value as the shortest decimal that rounds to it (1e-05, not
+    9.999999747378752e-06), as the checkpoint's own config.json wrote it."""
+    return float(str(np.float32(value)))
 
 
 def _unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
