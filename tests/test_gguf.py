@@ -4,6 +4,9 @@ supported tensor type, identical chat-rendered token ids, and an HF directory tr
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +170,36 @@ def test_converted_directory_is_read_by_transformers_and_by_us(llama, spec, tmp_
     )
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["pad_token_id"] == 2
+
+
+_MESH_SCRIPT = """
+import numpy as np
+from flax import nnx
+from dr_jax.models import load_pretrained
+from dr_jax.sharding import make_mesh
+
+policy = load_pretrained({path!r}, mesh=make_mesh("2x2"))
+q = policy.params["layers"]["attn"]["q_proj"]["kernel"].get_value()
+assert tuple(q.sharding.spec) == (None, "fsdp", "tp", None), q.sharding.spec
+single = load_pretrained({path!r})
+for (key, a), (_, b) in zip(nnx.to_flat_state(policy.params), nnx.to_flat_state(single.params)):
+    np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()), str(key))
+print("ok")
+"""
+
+
+def test_a_gguf_loads_onto_a_mesh_with_the_same_values(llama, spec, tmp_path):
+    """On 4 simulated devices (fsdp=2, tp=2) each shard of a Q4_1 file holds what a
+    single-device load holds."""
+    path = write_gguf(tmp_path / "m.gguf", llama, spec, GGMLQuantizationType.Q4_1)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env["JAX_PLATFORMS"] = "cpu"
+    script = _MESH_SCRIPT.format(path=str(path))
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
 
 
 def test_unsupported_tensor_type_is_named(llama, spec, tmp_path):
