@@ -144,9 +144,13 @@ def test_an_unreachable_hub_id_names_the_offline_options(monkeypatch, tmp_path):
     assert "a .gguf file" in str(error.value) and "smollm2-135m-instruct" in str(error.value)
 
 
-def test_a_missing_path_and_a_non_gguf_file_are_named(tmp_path):
+def test_a_missing_path_and_a_non_gguf_file_are_named(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"is no \.gguf file, catalog name or Hub id"):
         resolve_model(tmp_path / "absent" / "model")
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)  # "runs/typo" is then a local path, not a Hub id
+    with pytest.raises(FileNotFoundError, match=r"runs/typo/config\.json: missing"):
+        load_pretrained("runs/typo")
     (tmp_path / "weights.bin").write_bytes(b"\0")
     with pytest.raises(ValueError, match=r"weights\.bin: a model file must be \.gguf"):
         load_pretrained(tmp_path / "weights.bin")

@@ -33,7 +33,7 @@ def resolve_model(path: str | Path) -> Path:
     name = str(path)
     if name in catalog.CATALOG:
         return catalog.fetch(name)
-    if _HUB_ID.fullmatch(name):
+    if _HUB_ID.fullmatch(name) and not local.parent.is_dir():  # "runs/x" is a local typo
         return _from_hub(name)
     raise FileNotFoundError(
         f"{local / 'config.json'}: missing, and {path} is no .gguf file, catalog name or Hub id "
