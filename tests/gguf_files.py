@@ -5,7 +5,7 @@ converter lays out a Llama: llama.cpp tensor names, Q/K rows of each head interl
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -43,7 +43,6 @@ class TokenizerSpec:
     pad: int | None = None
     add_bos: bool = False
     chat_template: str | None = CHATML
-    extra: dict = field(default_factory=dict)
 
 
 def small_bpe_tokenizer(vocab_size: int = 320) -> TokenizerSpec:
@@ -187,8 +186,6 @@ def write_gguf(
     writer.add_add_bos_token(tokenizer.add_bos)
     if tokenizer.chat_template is not None:
         writer.add_chat_template(tokenizer.chat_template)
-    for key, value in tokenizer.extra.items():
-        writer.add_string(key, value)
     for name, array in (tensors if tensors is not None else gguf_tensors(model)).items():
         if array.ndim == 1 or qtype == GGMLQuantizationType.F32:
             writer.add_tensor(name, array.astype(np.float32))

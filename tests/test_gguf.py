@@ -3,6 +3,7 @@ supported tensor type, identical chat-rendered token ids, and an HF directory tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -101,7 +102,9 @@ def test_config_comes_from_the_metadata(llama, spec, tmp_path):
     assert config.rope_theta == 500.0 and config.rms_norm_eps == pytest.approx(hf.rms_norm_eps)
 
 
-def test_chat_ids_match_transformers_gguf_tokenizer(llama, spec, tmp_path):
+@pytest.mark.parametrize("pre", ["smollm", "gpt2", "llama-bpe"])
+def test_chat_ids_match_transformers_gguf_tokenizer(llama, spec, tmp_path, pre):
+    spec = dataclasses.replace(spec, pre=pre)
     path = write_gguf(tmp_path / "m.gguf", llama, spec)
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
     ours = load_tokenizer(path)
@@ -129,7 +132,7 @@ def test_smollm_pre_tokenizer_splits_every_digit(llama, spec, tmp_path):
     merged = [*spec.merges, "1 9", "19 8"]
     tokens = [*spec.tokens, "19", "198"]
     types = [*spec.types, 1, 1]
-    wide = type(spec)(tokens, types, merged, "smollm", bos=1, eos=2)
+    wide = dataclasses.replace(spec, tokens=tokens, types=types, merges=merged)
     model = random_hf_model("llama-gqa2-untied", vocab_size=len(tokens))
     tokenizer = gguf_tokenizer(write_gguf(tmp_path / "d.gguf", model, wide))
     assert tokenizer.convert_ids_to_tokens(tokenizer.encode("1987")) == ["1", "9", "8", "7"]
@@ -226,7 +229,7 @@ def test_unsupported_files_are_refused_by_name(llama, spec, tmp_path, change, na
 
 
 def test_unsupported_tokenizer_is_named(llama, spec, tmp_path):
-    odd = type(spec)(spec.tokens, spec.types, spec.merges, "made-up", bos=1, eos=2)
+    odd = dataclasses.replace(spec, pre="made-up")
     path = write_gguf(tmp_path / "t.gguf", llama, odd)
     with pytest.raises(ValueError, match="pre-tokenizer 'made-up' is not supported"):
         load_tokenizer(path)
