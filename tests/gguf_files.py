@@ -1,6 +1,7 @@
 """Small GGUF files written in the tests with gguf's GGUFWriter, laid out as llama.cpp's
-converter lays out a Llama: llama.cpp tensor names, Q/K rows of each head interleaved,
-2-D weights quantized, norms float32, the tokenizer and chat template as metadata."""
+converter lays out a Llama or a Qwen2: llama.cpp tensor names, Q/K rows of each head
+interleaved (Llama only), 2-D weights quantized, norms and biases float32, the tokenizer and
+chat template as metadata."""
 
 from __future__ import annotations
 
@@ -125,6 +126,7 @@ _LAYER_NAMES = {
 def gguf_tensors(model: transformers.PreTrainedModel) -> dict[str, np.ndarray]:
     """The model's float32 tensors under llama.cpp's names and layout."""
     config = model.config
+    permute = config.model_type == "llama"
     out = {}
     for name, tensor in model.state_dict().items():
         array = tensor.float().numpy()
@@ -136,13 +138,13 @@ def gguf_tensors(model: transformers.PreTrainedModel) -> dict[str, np.ndarray]:
             if not config.tie_word_embeddings:
                 out["output.weight"] = array
         else:
-            _, _, layer, *module, _ = name.split(".")
+            _, _, layer, *module, kind = name.split(".")
             short = _LAYER_NAMES[".".join(module)]
-            if short == "attn_q":
+            if permute and kind == "weight" and short == "attn_q":
                 array = llama_cpp_permute(array, config.num_attention_heads)
-            elif short == "attn_k":
+            elif permute and kind == "weight" and short == "attn_k":
                 array = llama_cpp_permute(array, config.num_key_value_heads)
-            out[f"blk.{layer}.{short}.weight"] = array
+            out[f"blk.{layer}.{short}.{kind}"] = array
     return out
 
 
@@ -152,23 +154,24 @@ def write_gguf(
     tokenizer: TokenizerSpec,
     qtype: GGMLQuantizationType = GGMLQuantizationType.F32,
     *,
-    arch: str = "llama",
+    arch: str | None = None,
     tensors: dict[str, np.ndarray] | None = None,
     raw: dict[str, tuple[np.ndarray, GGMLQuantizationType]] | None = None,
 ) -> Path:
     """Writes `model` (its tensors, or `tensors`) as a GGUF file with 2-D weights stored as
     `qtype`; `raw` adds tensors already encoded (bytes, type)."""
     config = model.config
-    writer = gguf.GGUFWriter(path, arch)
+    writer = gguf.GGUFWriter(path, arch or config.model_type)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_key_length(config.head_dim)
-    writer.add_value_length(config.head_dim)
-    writer.add_rope_dimension_count(config.head_dim)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
     rope = getattr(config, "rope_parameters", None) or {}  # transformers 5; 4.x: rope_theta
     writer.add_rope_freq_base(rope.get("rope_theta") or config.rope_theta)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)

@@ -77,6 +77,19 @@ def test_logits_match_transformers_gguf_reader(llama, spec, tmp_path, qtype):
         assert np.abs(ours - hf_logits(llama, tokens, mask))[real].max() > 1e-4
 
 
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
+def test_qwen2_files_keep_their_biases_and_row_order(spec, tmp_path, qtype):
+    model = random_hf_model("qwen2-gqa2-untied", vocab_size=len(spec.tokens))
+    path = write_gguf(tmp_path / "qwen2.gguf", model, spec, GGMLQuantizationType[qtype])
+    policy = load_pretrained(path)
+    assert policy.config.model_type == "qwen2" and policy.config.qkv_bias
+    tokens, mask = left_padded_batch(model.config.vocab_size, LENGTHS)
+    ours, real = np.asarray(policy.logits(tokens, mask)), mask.astype(bool)
+    assert np.abs(ours - hf_logits(_transformers_gguf(path), tokens, mask))[real].max() <= 1e-3
+    if qtype == "F32":
+        assert np.abs(ours - hf_logits(model, tokens, mask))[real].max() <= 1e-4
+
+
 def test_tied_embeddings_read_from_a_file_without_output_weight(spec, tmp_path):
     model = random_hf_model(
         "llama-gqa2-untied", vocab_size=len(spec.tokens), tie_word_embeddings=True

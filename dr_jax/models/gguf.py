@@ -1,11 +1,12 @@
-"""GGUF files in: a Llama model's config, weights and tokenizer from llama.cpp's format.
+"""GGUF files in: a Llama or Qwen2 model's config, weights and tokenizer from llama.cpp's format.
 
 A GGUF holds metadata (shape, RoPE, vocabulary, merges, chat template) and tensors under
 llama.cpp's names, in its layout, often block-quantized. We read it with the `gguf` package,
 dequantize each tensor with that package's own NumPy dequantizers, and hand out the tensors
 under their Hugging Face names and layout, so the safetensors path (`hf_io`) loads them
-unchanged. llama.cpp's converter reorders the rows of each Q and K head from HF's "rotate
-half" RoPE layout to interleaved pairs; `_unpermute` puts them back.
+unchanged. For Llama, llama.cpp's converter reorders the rows of each Q and K head from HF's
+"rotate half" RoPE layout to interleaved pairs; `_unpermute` puts them back (Qwen2 files keep
+HF's order, and their q/k/v biases).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from dr_jax.models.config import ModelConfig
 from dr_jax.models.safetensors_io import write_safetensors
 from dr_jax.models.tokenizer import QWEN2_SPLIT_REGEX
 
-_ARCHITECTURES = {"llama": "llama"}  # GGUF general.architecture -> our model_type
+_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}  # general.architecture -> model_type
+_PERMUTED_QK = {"llama"}  # architectures whose Q/K rows llama.cpp interleaves
 # Tensor types we accept: those the `gguf` package both writes and reads back, so the tests
 # cover every one (K-quants it cannot write, so they stay refused until a test file has them).
 SUPPORTED_TYPES = frozenset(
@@ -49,7 +51,8 @@ _PER_LAYER = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
-_LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+_LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+_BIASED = {"attn_q", "attn_k", "attn_v"}  # the only biases, and only where qkv_bias
 
 # Pre-tokenizers of byte-level vocabularies, by `tokenizer.ggml.pre` (llama.cpp's names).
 _LLAMA3_SPLIT_REGEX = (
@@ -154,7 +157,7 @@ class GGUFModel:
             rope_theta=_decimal(self.field(Keys.Rope.FREQ_BASE, 10_000.0)),
             rms_norm_eps=_decimal(self.required(Keys.Attention.LAYERNORM_RMS_EPS)),
             tie_word_embeddings="output.weight" not in names,
-            qkv_bias=False,
+            qkv_bias=arch == "qwen2",
             qk_norm=False,
             max_position_embeddings=int(self.field(Keys.LLM.CONTEXT_LENGTH, 4096)),
             model_type=_ARCHITECTURES[arch],
@@ -166,9 +169,12 @@ class GGUFModel:
         if name in _TOP_LEVEL:
             return _TOP_LEVEL[name]
         match = _LAYER_TENSOR.fullmatch(name)
-        if match is None or match[2] not in _PER_LAYER:
-            raise ValueError(f"{self.path}: tensor {name} is not part of a Llama model")
-        return f"model.layers.{match[1]}.{_PER_LAYER[match[2]]}.weight"
+        bias_ok = match is not None and match[2] in _BIASED and self.config.qkv_bias
+        if match is None or match[2] not in _PER_LAYER or (match[3] == "bias" and not bias_ok):
+            raise ValueError(
+                f"{self.path}: tensor {name} is not part of a {self.config.model_type} model"
+            )
+        return f"model.layers.{match[1]}.{_PER_LAYER[match[2]]}.{match[3]}"
 
     def names(self) -> list[str]:
         return list(self.tensors)
@@ -179,9 +185,9 @@ class GGUFModel:
             raise ValueError(f"{self.path}: tensor {name} is missing from the GGUF file")
         tensor = self.tensors[name]
         array = dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
-        if name.endswith("q_proj.weight"):
+        if self.architecture in _PERMUTED_QK and name.endswith("q_proj.weight"):
             array = _unpermute(array, self.config.num_heads)
-        elif name.endswith("k_proj.weight"):
+        elif self.architecture in _PERMUTED_QK and name.endswith("k_proj.weight"):
             array = _unpermute(array, self.config.num_kv_heads)
         if tuple(array.shape) != tuple(expected_shape):
             raise ValueError(
