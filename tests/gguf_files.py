@@ -44,6 +44,8 @@ class TokenizerSpec:
     pad: int | None = None
     add_bos: bool = False
     chat_template: str | None = CHATML
+    model: str = "gpt2"  # byte-level BPE; "llama": SentencePiece (scores, no merges)
+    scores: list[float] | None = None
 
 
 def small_bpe_tokenizer(vocab_size: int = 320) -> TokenizerSpec:
@@ -72,6 +74,32 @@ def small_bpe_tokenizer(vocab_size: int = 320) -> TokenizerSpec:
     return TokenizerSpec(
         tokens, [int(t) for t in types], merges, "smollm", bos=1, eos=2, unk=0, pad=2
     )
+
+
+def small_sentencepiece_tokenizer(vocab_size: int = 360) -> TokenizerSpec:
+    """A SentencePiece-style BPE vocabulary as llama.cpp stores Llama 2's: <unk> <s> </s>, the
+    256 <0xNN> byte tokens, then pieces ("▁" marks a word start) scored by merge order."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False)
+    backend.train_from_iterator(TRAINING_TEXT, trainer)
+    model = json.loads(backend.to_str())["model"]
+    merged = {"".join(m if isinstance(m, list) else m.split(" ")): r
+              for r, m in enumerate(model["merges"])}  # fmt: skip
+    pieces = sorted(model["vocab"], key=model["vocab"].get)
+    specials = ["<unk>", "<s>", "</s>"]
+    tokens = [*specials, *(f"<0x{b:02X}>" for b in range(256)), *pieces]
+    types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL]
+    types += [TokenType.BYTE] * 256 + [TokenType.NORMAL] * len(pieces)
+    scores = [0.0] * (len(specials) + 256)
+    scores += [-float(merged.get(p, len(merged) + i)) for i, p in enumerate(pieces)]
+    template = (
+        "{% for m in messages %}{{ '[' + m['role'] + '] ' + m['content'] + '</s>' }}{% endfor %}"
+    )
+    return TokenizerSpec(
+        tokens, [int(t) for t in types], [], "default", bos=1, eos=2, unk=0,
+        add_bos=True, chat_template=template, model="llama", scores=scores,
+    )  # fmt: skip
 
 
 def tokenizer_spec_of(tokenizer: transformers.PreTrainedTokenizerFast, pre: str) -> TokenizerSpec:
@@ -176,11 +204,14 @@ def write_gguf(
     writer.add_rope_freq_base(rope.get("rope_theta") or config.rope_theta)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(tokenizer.model)
     writer.add_tokenizer_pre(tokenizer.pre)
     writer.add_token_list(tokenizer.tokens)
     writer.add_token_types(tokenizer.types)
-    writer.add_token_merges(tokenizer.merges)
+    if tokenizer.merges:
+        writer.add_token_merges(tokenizer.merges)
+    if tokenizer.scores is not None:
+        writer.add_token_scores(tokenizer.scores)
     for key, value in (("bos", tokenizer.bos), ("eos", tokenizer.eos), ("unk", tokenizer.unk)):
         if value is not None:
             getattr(writer, f"add_{key}_token_id")(value)

@@ -17,13 +17,14 @@ import transformers
 from gguf import GGMLQuantizationType
 from gguf_files import (
     small_bpe_tokenizer,
+    small_sentencepiece_tokenizer,
     tokenizer_spec_of,
     write_gguf,
 )
 from models_reference import hf_logits, left_padded_batch, random_hf_model
 
 from dr_jax.models import load_pretrained
-from dr_jax.models.gguf import SUPPORTED_TYPES, GGUFModel, convert_gguf, gguf_tokenizer
+from dr_jax.models.gguf import SUPPORTED_TYPES, GGUFModel, convert_gguf
 from dr_jax.models.tokenizer import load_tokenizer
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]
@@ -140,6 +141,29 @@ def test_chat_ids_match_transformers_gguf_tokenizer(llama, spec, tmp_path, pre):
     assert ours.decode(ours.encode("<|im_end|>hi"), skip_special_tokens=True) == "hi"
 
 
+def test_sentencepiece_vocabulary_matches_transformers_gguf_tokenizer(tmp_path):
+    """Llama 2-style files: "▁" word marks, merges from scores, <0xNN> byte fallback, BOS."""
+    spec = small_sentencepiece_tokenizer()
+    model = random_hf_model("llama-gqa2-untied", vocab_size=len(spec.tokens), num_hidden_layers=1)
+    path = write_gguf(tmp_path / "spm.gguf", model, spec, GGMLQuantizationType.Q8_0)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    ours = load_tokenizer(path)
+    texts = [
+        "Who founded Gobor Press?",
+        " a leading space",
+        "Café 🤖 naïve\n\ttabs  two, 5 €",
+        "<s>x</s>",
+    ]
+    for text in texts:
+        ids = ours.encode(text)
+        assert ids == theirs.encode(text) and ids[0] == 1
+        assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(
+            ids, skip_special_tokens=True
+        )
+    assert "<0xE2>" in ours.convert_ids_to_tokens(ours.encode("€"))  # not in the vocabulary
+    assert _ids(ours.apply_chat_template(MESSAGES)) == _ids(theirs.apply_chat_template(MESSAGES))
+
+
 def test_smollm_pre_tokenizer_splits_every_digit(llama, spec, tmp_path):
     """llama.cpp's "smollm" split: a merge of two digits never applies."""
     merged = [*spec.merges, "1 9", "19 8"]
@@ -147,7 +171,7 @@ def test_smollm_pre_tokenizer_splits_every_digit(llama, spec, tmp_path):
     types = [*spec.types, 1, 1]
     wide = dataclasses.replace(spec, tokens=tokens, types=types, merges=merged)
     model = random_hf_model("llama-gqa2-untied", vocab_size=len(tokens))
-    tokenizer = gguf_tokenizer(write_gguf(tmp_path / "d.gguf", model, wide))
+    tokenizer = load_tokenizer(write_gguf(tmp_path / "d.gguf", model, wide))
     assert tokenizer.convert_ids_to_tokens(tokenizer.encode("1987")) == ["1", "9", "8", "7"]
 
 
@@ -241,10 +265,16 @@ def test_unsupported_files_are_refused_by_name(llama, spec, tmp_path, change, na
         load_pretrained(path)
 
 
-def test_unsupported_tokenizer_is_named(llama, spec, tmp_path):
-    odd = dataclasses.replace(spec, pre="made-up")
-    path = write_gguf(tmp_path / "t.gguf", llama, odd)
-    with pytest.raises(ValueError, match="pre-tokenizer 'made-up' is not supported"):
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"pre": "made-up"}, "pre-tokenizer 'made-up'"),
+        ({"model": "bert"}, "tokenizer model 'bert'"),
+    ],
+)
+def test_unsupported_tokenizer_is_named(llama, spec, tmp_path, change, named):
+    path = write_gguf(tmp_path / "t.gguf", llama, dataclasses.replace(spec, **change))
+    with pytest.raises(ValueError, match=f"{named} is not supported"):
         load_tokenizer(path)
 
 

@@ -1,4 +1,5 @@
-"""GGUF files in: a Llama or Qwen2 model's config, weights and tokenizer from llama.cpp's format.
+"""GGUF files in: a Llama or Qwen2 model's config and weights from llama.cpp's format (its
+tokenizer: `gguf_tokenizer`).
 
 A GGUF holds metadata (shape, RoPE, vocabulary, merges, chat template) and tensors under
 llama.cpp's names, in its layout, often block-quantized. We read it with the `gguf` package,
@@ -18,14 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, Keys, TokenType
+from gguf import GGMLQuantizationType, GGUFReader, Keys
 from gguf.quants import dequantize
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
 
 from dr_jax.models.config import ModelConfig
+from dr_jax.models.gguf_tokenizer import gguf_tokenizer
 from dr_jax.models.safetensors_io import write_safetensors
-from dr_jax.models.tokenizer import QWEN2_SPLIT_REGEX
 
 _ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}  # general.architecture -> model_type
 _PERMUTED_QK = {"llama"}  # architectures whose Q/K rows llama.cpp interleaves
@@ -53,36 +52,6 @@ _PER_LAYER = {
 }
 _LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _BIASED = {"attn_q", "attn_k", "attn_v"}  # the only biases, and only where qkv_bias
-
-# Pre-tokenizers of byte-level vocabularies, by `tokenizer.ggml.pre` (llama.cpp's names).
-_LLAMA3_SPLIT_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-
-def _split_then_bytes(regex: str) -> pre_tokenizers.PreTokenizer:
-    return pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(regex), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-
-
-_PRE_TOKENIZERS: dict[str, Callable[[], pre_tokenizers.PreTokenizer]] = {
-    # SmolLM: every digit alone, then GPT-2's split.
-    "smollm": lambda: pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    ),
-    "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    "llama-bpe": lambda: _split_then_bytes(_LLAMA3_SPLIT_REGEX),
-    "qwen2": lambda: _split_then_bytes(QWEN2_SPLIT_REGEX),
-}
-_IGNORE_MERGES = {"llama-bpe"}  # Llama 3 takes a whole word found in the vocabulary as is
 
 
 class GGUFModel:
@@ -216,74 +185,6 @@ def _unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
     rows = weight.shape[0]
     per_head = weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:])
     return per_head.swapaxes(1, 2).reshape(weight.shape)
-
-
-def gguf_tokenizer(model: GGUFModel | str | Path) -> PreTrainedTokenizerFast:
-    """The file's tokenizer as an HF fast tokenizer: its byte-level BPE vocabulary and merges,
-    the pre-tokenizer its `tokenizer.ggml.pre` names, control tokens as special tokens,
-    user-defined ones as added tokens, BOS/EOS as the file asks, and its chat template."""
-    model = model if isinstance(model, GGUFModel) else GGUFModel(model)
-    kind = model.field(Keys.Tokenizer.MODEL)
-    if kind != "gpt2":
-        raise ValueError(
-            f"{model.path}: tokenizer model {kind!r} is not supported (byte-level BPE, 'gpt2', "
-            "only): load the model's HF checkpoint instead"
-        )
-    pre = model.field(Keys.Tokenizer.PRE, "gpt2")
-    if pre not in _PRE_TOKENIZERS:
-        raise ValueError(
-            f"{model.path}: pre-tokenizer {pre!r} is not supported (known: "
-            f"{sorted(_PRE_TOKENIZERS)})"
-        )
-    tokens = list(model.required(Keys.Tokenizer.LIST))
-    kinds = list(model.field(Keys.Tokenizer.TOKEN_TYPE) or [TokenType.NORMAL] * len(tokens))
-    merges = [tuple(m.split(" ", 1)) for m in model.required(Keys.Tokenizer.MERGES)]
-    backend = Tokenizer(
-        models.BPE(
-            vocab={token: i for i, token in enumerate(tokens)},
-            merges=merges,
-            fuse_unk=False,
-            ignore_merges=pre in _IGNORE_MERGES,
-        )
-    )
-    backend.pre_tokenizer = _PRE_TOKENIZERS[pre]()
-    backend.decoder = decoders.ByteLevel()
-    added = [
-        AddedToken(token, special=kind == TokenType.CONTROL, normalized=False)
-        for token, kind in zip(tokens, kinds, strict=True)
-        if kind in (TokenType.CONTROL, TokenType.USER_DEFINED)
-    ]
-    backend.add_tokens(added)
-
-    def token(key: str) -> str | None:
-        index = model.field(key)
-        return None if index is None else tokens[index]
-
-    bos, eos = token(Keys.Tokenizer.BOS_ID), token(Keys.Tokenizer.EOS_ID)
-    add_bos = bool(model.field(Keys.Tokenizer.ADD_BOS, False)) and bos is not None
-    add_eos = bool(model.field(Keys.Tokenizer.ADD_EOS, False)) and eos is not None
-    if add_bos or add_eos:
-        ends = [t for t, add in ((bos, add_bos), (eos, add_eos)) if add]
-        backend.post_processor = processors.TemplateProcessing(
-            single=" ".join([bos] * add_bos + ["$A"] + [eos] * add_eos),
-            pair=" ".join([bos] * add_bos + ["$A", "$B"] + [eos] * add_eos),
-            special_tokens=[(t, tokens.index(t)) for t in dict.fromkeys(ends)],
-        )
-    else:
-        backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    named = {bos, eos, token(Keys.Tokenizer.UNK_ID), token(Keys.Tokenizer.PAD_ID)}
-    extra = [t.content for t in added if t.special and t.content not in named]
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=bos,
-        eos_token=eos,
-        unk_token=token(Keys.Tokenizer.UNK_ID),
-        pad_token=token(Keys.Tokenizer.PAD_ID),
-        additional_special_tokens=extra,
-        chat_template=model.field(Keys.Tokenizer.CHAT_TEMPLATE),
-        clean_up_tokenization_spaces=False,
-        model_max_length=model.config.max_position_embeddings,
-    )
 
 
 def convert_gguf(

@@ -21,8 +21,8 @@ from flax import nnx
 
 from dr_jax.models.attention import attention
 from dr_jax.models.config import ModelConfig
-from dr_jax.models.rope import rope_frequencies
 from dr_jax.models.remat import checkpointed
+from dr_jax.models.rope import rope_frequencies
 
 _INIT_STD = 0.02
 

@@ -208,13 +208,14 @@ def qwen2_tokenizer() -> PreTrainedTokenizerFast:
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer of the model `path` names (`dr_jax.models.sources.resolve_model`): saved in
     an HF directory (`tokenizer.json` & co.), or rebuilt from a .gguf file's metadata."""
-    # Imported here: the GGUF reader reuses this module's Qwen2 pre-tokenizer.
-    from dr_jax.models.gguf import gguf_tokenizer
+    # Imported here: the GGUF tokenizer reuses this module's Qwen2 pre-tokenizer.
+    from dr_jax.models.gguf import GGUFModel
+    from dr_jax.models.gguf_tokenizer import gguf_tokenizer
     from dr_jax.models.sources import resolve_model
 
     path = resolve_model(path)
     if path.suffix == ".gguf":
-        return gguf_tokenizer(path)
+        return gguf_tokenizer(GGUFModel(path))
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as err:
