@@ -12,7 +12,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 
 
-def offline_options() -> str:
+def _offline_options() -> str:
     return (
         "a local HF directory (config.json + *.safetensors + tokenizer files), a .gguf file, "
         f"or a catalog name ({', '.join(catalog.CATALOG)}; `python -m dr_jax.models download "
@@ -37,7 +37,7 @@ def resolve_model(path: str | Path) -> Path:
         return _from_hub(name)
     raise FileNotFoundError(
         f"{local / 'config.json'}: missing, and {path} is no .gguf file, catalog name or Hub id "
-        f"(org/name); pass {offline_options()}"
+        f"(org/name); pass {_offline_options()}"
     )
 
 
@@ -50,5 +50,5 @@ def _from_hub(repo_id: str) -> Path:
     except Exception as e:  # huggingface_hub raises many kinds (HTTP, offline, not found)
         raise FileNotFoundError(
             f"{repo_id}: no such local path, and the Hugging Face Hub did not provide it "
-            f"({type(e).__name__}: {e}). Offline, pass {offline_options()}."
+            f"({type(e).__name__}: {e}). Offline, pass {_offline_options()}."
         ) from e
