@@ -1,28 +1,33 @@
 """Policy throughput: forward and forward+backward tokens/s, dr_jax (JAX) vs transformers (torch).
 
-Both run the same random Qwen2 model on CPU in float32: 4 layers, width 256, 4 heads of 64 with 2
-KV heads, MLP 1024, vocabulary 32k, a batch of 4 x 512 tokens with left padding. Forward =
-logits [B, T, V]; forward+backward = gradient of the mean next-token cross-entropy.
-Run: `python benchmarks/policy.py [--repeats N]`. The last line is the JSON summary.
+Both run the same random model on CPU in float32, by default the SmolLM2-135M shape (Llama, 30
+layers, width 576, 9 / 3 heads, MLP 1536, vocabulary 49,152, tied; the main job's policy), or
+with `--shape tiny` a 4-layer width-256 Qwen2 with a 32k vocabulary; a batch of 4 x 512 tokens
+with left padding. Forward = logits [B, T, V]; forward+backward = gradient of the mean
+next-token cross-entropy. The steps are timed alternately (median of `--repeats`), beside the
+machine's matmul roofline measured in the same run at the model's MLP shape ([B*T, D] x [D, F]),
+so the figures read as a fraction of what this machine can do now.
+Run: `python benchmarks/policy.py [--shape smollm2|tiny] [--repeats N]`. The last line is the
+JSON summary. Targets on the SmolLM2 shape: forward+backward >= 1.05x torch and >= 90% of the
+roofline; forward >= 1.0x.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
-from report import print_summary
+from report import load_average, matmul_roofline, paired_seconds, print_summary, smollm2_135m
 
-from dr_jax.models import ModelConfig, init_policy
+from dr_jax.models import ModelConfig, init_policy, save_pretrained
 from dr_jax.models.flops import training_flops_per_token
 
-CONFIG = ModelConfig(
+TINY = ModelConfig(
     vocab_size=32_000,
     hidden_size=256,
     intermediate_size=1_024,
@@ -38,25 +43,27 @@ CONFIG = ModelConfig(
 BATCH, LENGTH = 4, 512
 
 
-def batch() -> tuple[np.ndarray, np.ndarray]:
+def batch(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    tokens = rng.integers(0, CONFIG.vocab_size, (BATCH, LENGTH)).astype(np.int32)
+    tokens = rng.integers(0, config.vocab_size, (BATCH, LENGTH)).astype(np.int32)
     lengths = np.array([LENGTH, LENGTH - 64, LENGTH - 128, LENGTH - 200])
     mask = (np.arange(LENGTH)[None] >= LENGTH - lengths[:, None]).astype(np.int32)
     return tokens, mask
 
 
-def jax_steps(tokens, mask):
-    policy = init_policy(CONFIG)
+def cross_entropy(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy over real tokens. The target's logit is picked with a
+    compare-and-sum, whose gradient is one fused select (a gather's is a [B, T, V] scatter)."""
+    z, targets, weights = logits[:, :-1], tokens[:, 1:], mask[:, 1:]
+    picked = jnp.sum(jnp.where(jnp.arange(z.shape[-1]) == targets[..., None], z, 0.0), -1)
+    nll = jax.nn.logsumexp(z, axis=-1) - picked
+    return (nll * weights).sum() / weights.sum()
+
+
+def jax_steps(policy, tokens, mask):
     tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
-
-    def loss(params):
-        logp = jax.nn.log_softmax(policy.apply(params, tokens, mask)[:, :-1])
-        picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-        weights = mask[:, 1:]
-        return -(picked * weights).sum() / weights.sum()
-
     forward = jax.jit(lambda p: policy.apply(p, tokens, mask))
+    loss = lambda p: cross_entropy(policy.apply(p, tokens, mask), tokens, mask)
     backward = jax.jit(jax.value_and_grad(loss))
     return (
         lambda: jax.block_until_ready(forward(policy.params)),
@@ -64,10 +71,13 @@ def jax_steps(tokens, mask):
     )
 
 
-def torch_steps(tokens, mask):
-    torch.manual_seed(0)
-    hf = transformers.Qwen2Config(**{k: v for k, v in CONFIG.to_hf().items() if k != "dtype"})
-    model = transformers.Qwen2ForCausalLM(hf).float()
+def torch_model(policy, path: str):
+    """transformers' own class for the config, loaded from our saved weights (same model)."""
+    save_pretrained(policy, path)
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def torch_steps(model, tokens, mask):
     tokens, mask = torch.as_tensor(tokens, dtype=torch.long), torch.as_tensor(mask)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     labels = tokens.masked_fill(mask == 0, -100)
@@ -86,41 +96,59 @@ def torch_steps(tokens, mask):
     return forward, backward
 
 
-def paired_seconds(ours, reference, repeats: int) -> tuple[float, float]:
-    """Median wall time of each step, timed alternately so machine load hits both alike."""
-    ours(), reference()  # compile / warm up
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for step, out in ((ours, times[0]), (reference, times[1])):
-            start = time.perf_counter()
-            step()
-            out.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+def logit_gap(policy, model, tokens, mask) -> float:
+    """Largest |logit difference| on the real tokens: both sides run the same maths."""
+    ours = np.asarray(policy.logits(jnp.asarray(tokens), jnp.asarray(mask)))
+    positions = (torch.as_tensor(mask).cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        ref = model(
+            input_ids=torch.as_tensor(tokens, dtype=torch.long),
+            attention_mask=torch.as_tensor(mask),
+            position_ids=positions,
+        ).logits.numpy()
+    return float(np.abs(ours - ref)[mask.astype(bool)].max())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=("smollm2", "tiny"), default="smollm2")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
     args = parser.parse_args()
-    tokens, mask = batch()
-    ours, ref = jax_steps(tokens, mask), torch_steps(tokens, mask)
+    config = smollm2_135m() if args.shape == "smollm2" else TINY
+    policy = init_policy(config)
+    tokens, mask = batch(config)
+    with tempfile.TemporaryDirectory() as path:
+        model = torch_model(policy, path)
+    gap = logit_gap(policy, model, tokens, mask)
+    ours, ref = jax_steps(policy, tokens, mask), torch_steps(model, tokens, mask)
     count = BATCH * LENGTH
     rows = []
     for name, i in (("forward", 0), ("forward+backward", 1)):
         t_ours, t_ref = paired_seconds(ours[i], ref[i], args.repeats)
         rows.append((name, count / t_ours, count / t_ref))
-    flops = training_flops_per_token(CONFIG, LENGTH)
-    print(f"{'pass':<18}{'dr_jax tok/s':>14}{'torch tok/s':>14}{'ratio':>8}")
+    roof = matmul_roofline(count, config.hidden_size, config.intermediate_size)
+    best = max(roof.values())
+    flops = training_flops_per_token(config, LENGTH)
+    print(f"{'pass':<18}{'dr_jax tok/s':>14}{'torch tok/s':>14}{'ratio':>8}{'roofline':>10}")
     for name, a, b in rows:
-        print(f"{name:<18}{a:>14.0f}{b:>14.0f}{a / b:>8.2f}")
-    achieved = rows[1][1] * flops / 1e9
-    print(f"training FLOPs/token {flops / 1e6:.1f} M; dr_jax fwd+bwd {achieved:.1f} GFLOP/s")
-    print(f"jax {jax.devices()[0].platform}, torch threads {torch.get_num_threads()}")
+        limit = best * 1e9 / (flops / 3 if name == "forward" else flops)
+        print(f"{name:<18}{a:>14.0f}{b:>14.0f}{a / b:>8.2f}{a / limit:>10.0%}")
     _, ours_tps, ref_tps = rows[1]
+    print(
+        f"matmul roofline [{count}x{config.hidden_size}]x[{config.hidden_size}x"
+        f"{config.intermediate_size}]: jax {roof['jax']:.0f}, torch {roof['torch']:.0f} GFLOP/s; "
+        f"training FLOPs/token {flops / 1e6:.0f} M -> limit {best * 1e9 / flops:.0f} tokens/s"
+    )
+    print(
+        f"dr_jax fwd+bwd {ours_tps * flops / 1e9:.1f} GFLOP/s, torch {ref_tps * flops / 1e9:.1f}; "
+        f"max |logit gap| {gap:.1e}; load average {load_average()}; "
+        f"torch threads {torch.get_num_threads()}"
+    )
     setup = (
-        f"Qwen2 L={CONFIG.num_layers} D={CONFIG.hidden_size} H={CONFIG.num_heads}/"
-        f"{CONFIG.num_kv_heads} F={CONFIG.intermediate_size} V={CONFIG.vocab_size}, "
-        f"batch {BATCH}x{LENGTH}, f32, CPU, torch {torch.__version__} vs jax {jax.__version__}"
+        f"{args.shape}: {config.model_type} L={config.num_layers} D={config.hidden_size} "
+        f"H={config.num_heads}/{config.num_kv_heads} F={config.intermediate_size} "
+        f"V={config.vocab_size}, batch {BATCH}x{LENGTH}, f32, CPU, torch {torch.__version__} vs "
+        f"jax {jax.__version__}, roofline {best:.0f} GFLOP/s, load {load_average()}"
     )
     print_summary(
         "policy_forward_backward_tokens_per_s",
@@ -129,6 +157,8 @@ def main() -> None:
         unit="tokens/s",
         higher_is_better=True,
         setup=setup,
+        forward_ratio=round(rows[0][1] / rows[0][2], 4),
+        roofline_fraction=round(ours_tps * flops / (best * 1e9), 4),
     )
 
 

@@ -1,6 +1,11 @@
-"""How every benchmark reports: a readable table, then one JSON summary as the very last line."""
+"""How every benchmark reports (a readable table, then one JSON summary as the very last line),
+and what several of them measure alike: the main job's model shape, the machine's matmul
+roofline, paired timings and the load they ran under."""
 
 import json
+import os
+import statistics
+import time
 from typing import Any
 
 
@@ -34,3 +39,63 @@ def print_summary(
         **extra,
     }
     print(json.dumps(summary))
+
+
+def smollm2_135m(**overrides: Any):
+    """The shape of SmolLM2-135M-Instruct (Llama: 30 layers, width 576, 9 / 3 heads of 64, MLP
+    1536, vocabulary 49,152, tied embeddings, RoPE theta 1e5): the main job's policy."""
+    from dr_jax.models import ModelConfig
+
+    fields = dict(
+        model_type="llama", vocab_size=49_152, hidden_size=576, intermediate_size=1_536,
+        num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64, rope_theta=100_000.0,
+        rms_norm_eps=1e-5, tie_word_embeddings=True, qkv_bias=False, qk_norm=False,
+        max_position_embeddings=8_192, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def matmul_roofline(m: int, k: int, n: int, repeats: int = 7) -> dict[str, float]:
+    """GFLOP/s of one f32 [m, k] x [k, n] matmul in JAX and in torch (median of `repeats`):
+    the most a model made of such matmuls can reach on this machine, measured now."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((m, k), np.float32), rng.random((k, n), np.float32)
+    ja, jb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
+    dot = jax.jit(jnp.dot)
+    runs = {"jax": lambda: dot(ja, jb).block_until_ready(), "torch": lambda: ta @ tb}
+    return {name: 2 * m * k * n / median_seconds(run, repeats) / 1e9 for name, run in runs.items()}
+
+
+def median_seconds(step, repeats: int) -> float:
+    """Median wall time of `step()` over `repeats` runs, after one warm-up run."""
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages: other jobs on the cores make every figure noisier."""
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def paired_seconds(ours, reference, repeats: int) -> tuple[float, float]:
+    """Median wall time of each step, timed alternately so machine load hits both alike (each
+    runs once first: compilation, warm-up)."""
+    ours(), reference()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for step, out in ((ours, times[0]), (reference, times[1])):
+            start = time.perf_counter()
+            step()
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])

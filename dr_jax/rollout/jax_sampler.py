@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import itertools
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import astuple
@@ -332,7 +333,12 @@ class JaxSampler:
         # Device calls run in worker threads and donate the cache: one at a time, and the
         # thread itself keeps the new cache, so an event loop that ends mid-call loses nothing.
         self._device = threading.Lock()
-        self.stats = {"prefill_calls": 0, "decode_calls": 0, "decode_steps": 0, "tokens": 0}
+        # busy_seconds: wall time inside prefill and decode calls (they never overlap), so a
+        # caller can split a rollout's wall time into sampling and waiting on tools.
+        self.stats = {
+            "prefill_calls": 0, "decode_calls": 0, "decode_steps": 0, "tokens": 0,
+            "busy_seconds": 0.0,
+        }  # fmt: skip
 
     def update_params(self, params: Any) -> None:
         """Samples with `params` from the next chunk on (the learner's arrays, not a copy)."""
@@ -554,7 +560,7 @@ class JaxSampler:
                 )
             return jax.tree.map(self._to_local, out)
 
-        slots, first, logprobs = await asyncio.to_thread(call)
+        slots, first, logprobs = await asyncio.to_thread(self._timed, call)
         self.stats["prefill_calls"] += 1
         self._take(slots, first[None], logprobs[None])
 
@@ -570,10 +576,18 @@ class JaxSampler:
             local = jax.tree.map(self._to_local, slots_out)
             return local, self._to_local(tokens, 1), self._to_local(logprobs, 1)
 
-        slots, tokens, logprobs = await asyncio.to_thread(call)
+        slots, tokens, logprobs = await asyncio.to_thread(self._timed, call)
         self.stats["decode_calls"] += 1
         self.stats["decode_steps"] += self.decode_chunk
         self._take(slots, tokens, logprobs)
+
+    def _timed(self, call: Any) -> Any:
+        """call(), its wall time added to stats["busy_seconds"]."""
+        started = time.perf_counter()
+        try:
+            return call()
+        finally:
+            self.stats["busy_seconds"] += time.perf_counter() - started
 
     def _take(self, slots: Slots, tokens: np.ndarray, logprobs: np.ndarray) -> None:
         """Records tokens i32[steps, B_local] (-1 = none) and finishes the rows that stopped."""

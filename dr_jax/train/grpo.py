@@ -12,6 +12,11 @@ Rollout log-probs from another engine can be corrected per token with truncated 
 sampling: A_t <- A * min(exp(old_t - sampler_t), cap).
 On several processes every host runs the same loop on the same data; only the rollouts (and
 their tool calls) are split between hosts and gathered (train/multihost.py).
+
+Where a step's wall time goes (seconds, printed as one line per step): time/rollout =
+time/sampling (the sampler's device calls) + time/tools (the sampler idle: tool calls and the
+agent's own work), time/logprobs (old, reference and probe log-prob passes), time/update,
+time/sync (weights to the sampler), time/validate when it validates; time/step is the whole.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 import httpx
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from dr_jax import losses
 from dr_jax.models.flops import training_flops_per_token
@@ -98,6 +104,7 @@ async def validate(agent: Any, examples: Sequence[Any], seed: int) -> dict[str, 
     if not examples:
         return {}
     start = time.perf_counter()
+    say(f"validating on {len(examples)} dev questions ...")
     trajectories = await multihost.rollout(
         agent, [e.question for e in examples], 1, rollout_seed(seed, -1)
     )
@@ -105,7 +112,17 @@ async def validate(agent: Any, examples: Sequence[Any], seed: int) -> dict[str, 
     record = rollout_metrics(trajectories, prefix="val/")
     record.update(reward_metrics(rewards, "val"))
     record["time/validate"] = time.perf_counter() - start
+    say(
+        f"validation: reward {record['val/reward']:.3f}, F1 {record['val/f1']:.3f}, "
+        f"answered {record['val/answer_rate']:.0%} ({record['time/validate']:.0f} s)"
+    )
     return record
+
+
+def say(line: str) -> None:
+    """One progress line on process 0, written above any progress bar."""
+    if is_main_process():
+        tqdm.write(line)
 
 
 def weight_sync(sampler: Any, policy: Any, weights_dir: Path, *, timeout: float) -> WeightSync:
@@ -195,6 +212,7 @@ class GRPOLoop:
             if last or (cfg.validate_every and step % cfg.validate_every == 0):
                 record.update(await self.validate())
             record["time/step"] = time.perf_counter() - started
+            say(time_split(step, record))
             # Log, then save: a kill between the two redoes this step after the resume (whose
             # metrics writer drops records newer than the checkpoint), never loses its record.
             self.metrics.log(step, record)
@@ -216,6 +234,7 @@ class GRPOLoop:
         examples = self.train_data.next_batch()
         if self.before_rollout is not None:
             await self.before_rollout()
+        busy = _sampler_busy(self.agent)
         with _phase(seconds, "rollout"):  # this host's share, then all-gathered
             trajectories = await multihost.rollout(
                 self.agent,
@@ -223,6 +242,9 @@ class GRPOLoop:
                 cfg.group_size,
                 rollout_seed(cfg.seed, step),
             )
+        after = _sampler_busy(self.agent)
+        sampler_s = None if busy is None or after is None else after - busy
+        seconds.update(split_rollout(seconds["rollout"], trajectories, sampler_s))
         rewards = score_trajectories(trajectories, [e.answers for e in examples])
         group_ids = np.array([t.group_id for t in trajectories], np.int32)
         advantages = np.asarray(
@@ -319,6 +341,40 @@ class GRPOLoop:
         if peak:
             out["perf/mfu"] = flops / learner_s / (peak * jax.device_count())
         return out
+
+
+def _sampler_busy(agent: Any) -> float | None:
+    """Wall seconds the agent's sampler has spent in device calls so far (JaxSampler's
+    stats), or None for a sampler that does not count them (SGLang)."""
+    stats = getattr(getattr(agent, "sampler", None), "stats", None)
+    return None if not isinstance(stats, dict) else stats.get("busy_seconds")
+
+
+def split_rollout(
+    wall: float, trajectories: Sequence[Any], sampler_seconds: float | None
+) -> dict[str, float]:
+    """The rollout's wall seconds as sampling + tools. With the sampler's own busy time,
+    sampling is that and tools the rest (the sampler idle: tool calls, parsing, rendering);
+    otherwise wall is split by the trajectories' summed sampling and tool waits."""
+    if sampler_seconds is None:
+        sampled = sum(t.timings.get("sampling", 0.0) for t in trajectories)
+        tools = sum(t.timings.get("tools", 0.0) for t in trajectories)
+        share = sampled / (sampled + tools) if sampled + tools > 0 else 1.0
+        sampler_seconds = wall * share
+    sampling = min(max(sampler_seconds, 0.0), wall)
+    return {"sampling": sampling, "tools": wall - sampling}
+
+
+def time_split(step: int, record: dict[str, Any]) -> str:
+    """One line: where the step's wall time went (the time/* metrics)."""
+    parts = [
+        ("sampling", "sampling"), ("tools", "tools"), ("log-probs", "logprobs"),
+        ("update", "update"), ("sync", "sync"), ("validation", "validate"),
+    ]  # fmt: skip
+    shown = [
+        f"{name} {record[f'time/{key}']:.1f}" for name, key in parts if f"time/{key}" in record
+    ]
+    return f"step {step}: {record['time/step']:.1f} s = " + " + ".join(shown)
 
 
 @contextmanager
