@@ -44,6 +44,7 @@ class MetricsWriter:
         total_steps: int,
         start_step: int = 0,
         enabled: bool = True,
+        desc: str = "grpo",
     ) -> None:
         self.run_dir = Path(run_dir)
         self.config = config
@@ -61,7 +62,7 @@ class MetricsWriter:
                 str(self.run_dir / "tb"), purge_step=start_step + 1, flush_secs=10
             )
         if config.progress_bar:
-            self._bar = tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step")
+            self._bar = tqdm(total=total_steps, initial=max(start_step, 0), desc=desc, unit="step")
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Write one record; non-finite values are kept in JSON as null."""
@@ -83,7 +84,7 @@ class MetricsWriter:
             self._bar.set_postfix({k: f"{v:.3f}" for k, v in self._shown.items()}, refresh=True)
 
     def advance(self) -> None:
-        """One GRPO step finished."""
+        """One step finished."""
         if self._bar is not None:
             self._bar.update(1)
 

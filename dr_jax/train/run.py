@@ -37,8 +37,8 @@ from dr_jax.runtime import (
 from dr_jax.sharding import make_mesh, maybe_initialize_distributed
 from dr_jax.train.checkpoint import Checkpointer
 from dr_jax.train.config import DataConfig, TrainConfig
-from dr_jax.train.grpo import GRPOLoop, validate, weight_sync
-from dr_jax.train.metrics import MetricsConfig, MetricsWriter
+from dr_jax.train.grpo import GRPOLoop, say, validate, weight_sync
+from dr_jax.train.metrics import MetricsWriter
 from dr_jax.train.multihost import barrier, is_main_process
 from dr_jax.train.sft import demonstration_ids, sft_batches, solve_questions, supervised_finetune
 from dr_jax.train.step import Learner
@@ -97,6 +97,7 @@ async def warm_start(
     tools: Any,
     world: World,
     log: Any,
+    advance: Any,
 ) -> Policy:
     """Supervised fine-tuning on oracle demonstrations of train questions; returns the tuned
     policy and leaves it in <run_dir>/warm_start (renamed into place when complete)."""
@@ -129,7 +130,10 @@ async def warm_start(
         max_len=config.grpo.max_seq_len,
         seed=config.grpo.seed,
     )
-    tuned = policy.replace(params=supervised_finetune(policy, cfg, batches, log=log))
+    say(f"warm start: {cfg.steps} steps on {len(rows)} oracle demonstrations")
+    tuned = policy.replace(
+        params=supervised_finetune(policy, cfg, batches, log=log, advance=advance)
+    )
     log(cfg.steps, {"sft/demonstrations": len(rows), "time/sft": time.perf_counter() - started})
     tmp = run_dir / "warm_start.tmp"
     if is_main_process():
@@ -204,15 +208,18 @@ async def train(config: TrainConfig) -> dict[str, Any]:
                 raise ValueError("--sft.steps > 0 needs the offline world (--data.source world)")
             sft_log = MetricsWriter(  # start_step -1: a warm start cut short is redone whole
                 run_dir / "sft",
-                MetricsConfig(progress_bar=False),
+                dataclasses.replace(config.metrics, bar_keys=("sft/nll",)),
                 total_steps=config.sft.steps,
                 start_step=-1,
                 enabled=is_main_process(),
+                desc="warm start",
             )
             if g.validate_at_start:
                 await sync(policy.params, 0)
                 sft_log.log(0, await validate(val_agent, dev_examples, g.seed))
-            policy = await warm_start(config, policy, tokenizer, tools, world, sft_log.log)
+            policy = await warm_start(
+                config, policy, tokenizer, tools, world, sft_log.log, sft_log.advance
+            )
             sft_log.close()
 
         learner = make_learner(config, policy, mesh)

@@ -173,6 +173,7 @@ def supervised_finetune(
     batches: Iterator[PaddedSequences],
     *,
     log: Callable[[int, dict[str, float]], None],
+    advance: Callable[[], None] = lambda: None,
     log_every: int = 10,
 ) -> Any:
     """Fine-tunes `policy.params` on the batches; returns the new parameters. Logs the NLL of
@@ -184,6 +185,7 @@ def supervised_finetune(
     for i, seqs in enumerate(batches, start=1):
         params, opt_state, loss = trainer.step(params, opt_state, seqs)
         window.append(loss)
+        advance()
         if i == 1 or i % log_every == 0 or i == config.steps:
             log(i, {"sft/nll": float(np.mean(window))})
             window = []
