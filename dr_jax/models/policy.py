@@ -59,12 +59,13 @@ def _unembed(graphdef, dtype, params, hidden):
     return nnx.merge(graphdef, _cast(params, dtype)).unembed(hidden.astype(dtype))
 
 
-def _extend(graphdef, dtype, chunk, impl, params, cache: KVCache, tokens, num_new):
+def _extend(graphdef, dtype, chunk, impl, span, params, cache: KVCache, tokens, num_new):
     model = nnx.merge(graphdef, _cast(params, dtype))
     offsets = jnp.arange(tokens.shape[1])
     positions = cache.lengths[:, None] + offsets  # [B, N]: RoPE position = slot index
     slots = jnp.where(offsets < num_new[:, None], positions, cache.max_len)  # padding: dropped
-    mask = jnp.arange(cache.max_len) <= positions[:, :, None]  # [B, N, S]
+    # [B, N, span]: the queries attend over the first `span` slots only (its width says so)
+    mask = jnp.arange(span or cache.max_len) <= positions[:, :, None]
     kv = (cache.k, cache.v)
     hidden, (k, v) = model(
         tokens, positions, mask, cache=kv, slots=slots, attention_chunk=chunk, attention_impl=impl
@@ -75,7 +76,7 @@ def _extend(graphdef, dtype, chunk, impl, params, cache: KVCache, tokens, num_ne
 
 
 _forward_jit = jax.jit(_forward, static_argnums=(0, 1, 2, 3, 4, 8))
-_extend_jit = jax.jit(_extend, static_argnums=(0, 1, 2, 3))
+_extend_jit = jax.jit(_extend, static_argnums=(0, 1, 2, 3, 4))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -129,16 +130,23 @@ class Policy:
         )
 
     def extend(
-        self, params: nnx.State, cache: KVCache, tokens: jax.Array, num_new: jax.Array
+        self,
+        params: nnx.State,
+        cache: KVCache,
+        tokens: jax.Array,
+        num_new: jax.Array,
+        span: int | None = None,
     ) -> tuple[jax.Array, KVCache]:
         """Appends num_new i32[B] tokens of the right-padded tokens i32[B, N] to each cache row.
 
         Row b's tokens go to slots lengths[b] .. lengths[b] + num_new[b] - 1 (RoPE position =
         slot) and attend to every earlier slot. Returns f32[B, V] logits of each row's last new
         token (meaningless where num_new is 0) and the cache with lengths += num_new. Callers keep
-        lengths + num_new <= max_len: writes past the end are dropped.
+        lengths + num_new <= max_len: writes past the end are dropped. A static `span` >= every
+        row's lengths + num_new reads only the first `span` slots (decoding short rows in a long
+        cache then costs what their length needs, not max_len).
         """
-        static = self.graphdef, self.dtype, self.attention_chunk, self.attention
+        static = self.graphdef, self.dtype, self.attention_chunk, self.attention, span
         return _extend_jit(*static, params, cache, tokens, num_new)
 
     def replace(self, **changes: Any) -> Policy:

@@ -111,7 +111,8 @@ class Attention(nnx.Module):
     ) -> tuple[jax.Array, KV | None]:
         """x [B, T, D] -> [B, T, D]. With the all-layer cache (k, v [L, B, S, Hkv, Dh]), k/v of x
         are first written in place at (layer, slots i32[B, T]) (out-of-range slots are dropped)
-        and the queries attend over that layer's S slots. mask: see `dr_jax.models.attention`."""
+        and the queries attend over that layer's first S' slots (mask bool[B, T, S'], S' <= S).
+        mask: see `dr_jax.models.attention`."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -122,7 +123,8 @@ class Attention(nnx.Module):
                 cache[0].at[layer, rows, slots].set(k.astype(cache[0].dtype), mode="drop"),
                 cache[1].at[layer, rows, slots].set(v.astype(cache[1].dtype), mode="drop"),
             )
-            k, v = cache[0][layer], cache[1][layer]
+            span = mask.shape[-1]  # the slots the queries may see: a prefix of the cache
+            k, v = cache[0][layer, :, :span], cache[1][layer, :, :span]
         attended = attention(q, k, v, mask, attention_chunk, attention_impl)
         return self.o_proj(attended), cache
 

@@ -43,6 +43,7 @@ from dr_jax.sharding import BATCH_AXES, batch_divisor
 
 MAX_STOP_IDS = 8  # stop ids per row on device (eos ids + the request's own)
 CDF_BLOCK = 1024  # vocabulary block of the two-level inverse-CDF draw
+MIN_SPAN = 256  # fewest cache slots a decode chunk attends over (spans are powers of two)
 
 
 @jax.tree_util.register_dataclass
@@ -192,16 +193,19 @@ def _emit(
     return slots, jnp.where(rows, tokens, -1), logprobs
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5), donate_argnums=2)
-def _decode(policy: Policy, params, cache: KVCache, slots: Slots, steps: int, paths: Paths):
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6), donate_argnums=2)
+def _decode(
+    policy: Policy, params, cache: KVCache, slots: Slots, steps: int, paths: Paths, span: int
+):
     """`steps` decode steps: write each active row's pending token, sample the next one.
+    Attention reads the first `span` cache slots (>= every row's length after the chunk).
     Returns the cache, slots, tokens i32[steps, B] (-1 where idle) and log-probs f32[steps, B].
-    Compiled once per (policy, shapes): every sampler over the same policy shares it."""
+    Compiled once per (policy, shapes, span): every sampler over the same policy shares it."""
 
     def step(carry, _):
         cache, slots = carry
         logits, cache = policy.extend(
-            params, cache, slots.pending[:, None], slots.active.astype(jnp.int32)
+            params, cache, slots.pending[:, None], slots.active.astype(jnp.int32), span
         )
         slots, tokens, logprobs = _emit(slots, logits, slots.active, paths)
         return (cache, slots), (tokens, logprobs)
@@ -487,12 +491,13 @@ class JaxSampler:
         while True:
             admitted = self._admit()
             longest = max((len(self._rows[row].prompt) for row in admitted), default=0)
-            paths = self._paths()
+            paths, span = self._paths(), self._span()
             mine = np.array(
-                [len(admitted), longest, any(self._rows), self._leaving, *astuple(paths)], np.int32
+                [len(admitted), longest, any(self._rows), self._leaving, span, *astuple(paths)],
+                np.int32,
             )
             everyone = await asyncio.to_thread(multihost_utils.process_allgather, mine)
-            counts, lengths, busy, leaving, *flags = np.asarray(everyone).reshape(-1, 6).T
+            counts, lengths, busy, leaving, spans, *flags = np.asarray(everyone).reshape(-1, 7).T
             paths = Paths(*(bool(flag.any()) for flag in flags))
             if leaving.all() and not counts.any() and not busy.any():
                 return
@@ -502,7 +507,7 @@ class JaxSampler:
                     n = _bucket(int(lengths.max()), self.min_bucket)
                     await self._run_prefill(admitted, b, n, paths)
                 if counts.any() or busy.any():
-                    await self._run_decode(paths)
+                    await self._run_decode(paths, int(spans.max()))
                 else:
                     await asyncio.sleep(0.005)
             except Exception as err:
@@ -564,14 +569,23 @@ class JaxSampler:
         self.stats["prefill_calls"] += 1
         self._take(slots, first[None], logprobs[None])
 
-    async def _run_decode(self, paths: Paths | None = None) -> None:
+    def _span(self) -> int:
+        """Cache slots the next decode chunk reads: a power of two (>= MIN_SPAN, so a run
+        compiles a handful) covering every busy row's length after the chunk, at most max_len."""
+        longest = max(
+            (len(r.prompt) + len(r.tokens) for r in self._rows if r is not None), default=0
+        )
+        return min(self.max_len, _bucket(longest + self.decode_chunk, MIN_SPAN))
+
+    async def _run_decode(self, paths: Paths | None = None, span: int | None = None) -> None:
         slots = jax.tree.map(self._to_global, self._slots)
         paths = self._paths() if paths is None else paths
+        span = self._span() if span is None else span
 
         def call():
             with self._device:
                 self._cache, slots_out, tokens, logprobs = _decode(
-                    self.policy, self.params, self._cache, slots, self.decode_chunk, paths
+                    self.policy, self.params, self._cache, slots, self.decode_chunk, paths, span
                 )
             local = jax.tree.map(self._to_local, slots_out)
             return local, self._to_local(tokens, 1), self._to_local(logprobs, 1)
