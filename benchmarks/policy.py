@@ -52,11 +52,14 @@ def batch(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cross_entropy(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean next-token cross-entropy over real tokens. The target's logit is picked with a
-    compare-and-sum, whose gradient is one fused select (a gather's is a [B, T, V] scatter)."""
-    z, targets, weights = logits[:, :-1], tokens[:, 1:], mask[:, 1:]
-    picked = jnp.sum(jnp.where(jnp.arange(z.shape[-1]) == targets[..., None], z, 0.0), -1)
-    nll = jax.nn.logsumexp(z, axis=-1) - picked
+    """Mean next-token cross-entropy over real tokens. Position t predicts token t + 1 and the
+    last position gets weight 0, as transformers' loss does, so the [B, T, V] logits are never
+    sliced (a copy). The target's logit is picked with a compare-and-sum, whose gradient is one
+    fused select (a gather's is a [B, T, V] scatter into zeros)."""
+    targets = jnp.roll(tokens, -1, axis=1)
+    weights = jnp.pad(mask[:, 1:], ((0, 0), (0, 1)))
+    hit = jnp.arange(logits.shape[-1]) == targets[..., None]
+    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
     return (nll * weights).sum() / weights.sum()
 
 
