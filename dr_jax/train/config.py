@@ -131,9 +131,10 @@ class TrainConfig:
     the offline world served on loopback, sampled in-process, on CPU, in minutes. It samples at
     T = 0.5: a policy that cannot copy names from its context writes them from a flat
     distribution, and at T >= 0.7 those spans wander into tags and break the turn format in nearly
-    every rollout. The main job (no flags) is `embedded_preset()`: a real pretrained model."""
+    every rollout. It checks the whole loop in a minute or two, and learns little: a random
+    2-layer model cannot copy names. The main job (no flags) is `embedded_preset()`."""
 
-    run_dir: str = "runs/default"
+    run_dir: str = "runs/smoke"
     """Checkpoints, metrics.jsonl, TensorBoard files and sample dumps; an existing run resumes."""
     mesh: str = "auto"
     """Device mesh: "auto" (all devices on fsdp), FSDPxTP "4x4", "2x2x2", "fsdp=4,tp=4", ..."""
@@ -154,12 +155,12 @@ class TrainConfig:
     )
     grpo: GRPOConfig = field(
         default_factory=lambda: GRPOConfig(
-            steps=4, questions_per_step=4, group_size=4, micro_batch_size=4, logprob_chunk=128,
-            validate_every=0, val_questions=48, val_temperature=0.5,
+            steps=2, questions_per_step=4, group_size=4, micro_batch_size=4, logprob_chunk=128,
+            validate_every=0, val_questions=8, val_temperature=0.5,
         )
     )  # fmt: skip
     sft: SFTConfig = field(
-        default_factory=lambda: SFTConfig(steps=240, batch_size=4, lr=5e-3, trust_snippets=True)
+        default_factory=lambda: SFTConfig(steps=60, batch_size=4, lr=5e-3, trust_snippets=True)
     )
     data: DataConfig = field(default_factory=lambda: DataConfig(data_sources=("world_1hop",)))
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -225,10 +226,10 @@ def embedded_preset(**overrides: Any) -> TrainConfig:
                           extract_workers=0),
         optim=OptimConfig(lr=2e-5),
         loss=LossConfig(kl_coef=0.0, entropy_coef=0.0, temperature=1.0),
-        grpo=GRPOConfig(steps=10, questions_per_step=4, group_size=4, micro_batch_size=4,
+        grpo=GRPOConfig(steps=8, questions_per_step=4, group_size=4, micro_batch_size=4,
                         logprob_chunk=128, validate_every=0, val_questions=50,
                         val_temperature=0.0),
-        sft=SFTConfig(steps=24, batch_size=4, lr=1e-4, warmup_steps=2, max_tokens=768,
+        sft=SFTConfig(steps=16, batch_size=4, lr=1e-4, warmup_steps=2, max_tokens=640,
                       trust_snippets=True),
         data=DataConfig(world_size="1200", data_sources=("world_1hop",)),
         max_turns=3,
