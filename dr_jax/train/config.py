@@ -215,7 +215,8 @@ def embedded_preset(**overrides: Any) -> TrainConfig:
     inline; a short warm start on oracle demonstrations teaches the turn format (the untuned model
     breaks it in every rollout, which leaves GRPO no signal); GRPO then trains at T = 1.0 on
     4 questions x 4 rollouts per step; the 50 one-hop dev questions of a 1,200-entity world are
-    answered greedily before the first GRPO step and after the last."""
+    answered at the training temperature (as DeepResearcher validated, with a fixed seed) before
+    the first GRPO step and after the last."""
     config = TrainConfig(
         run_dir="runs/default",
         policy=PolicyConfig(path=SMOLLM2),
@@ -228,7 +229,7 @@ def embedded_preset(**overrides: Any) -> TrainConfig:
         loss=LossConfig(kl_coef=0.0, entropy_coef=0.0, temperature=1.0),
         grpo=GRPOConfig(steps=8, questions_per_step=4, group_size=4, micro_batch_size=4,
                         logprob_chunk=128, validate_every=0, val_questions=50,
-                        val_temperature=0.0),
+                        val_temperature=1.0),
         sft=SFTConfig(steps=16, batch_size=4, lr=1e-4, warmup_steps=2, max_tokens=640,
                       trust_snippets=True),
         data=DataConfig(world_size="1200", data_sources=("world_1hop",)),
