@@ -206,6 +206,10 @@ async def train(config: TrainConfig) -> dict[str, Any]:
         elif config.sft.steps and not resuming:
             if world is None:
                 raise ValueError("--sft.steps > 0 needs the offline world (--data.source world)")
+            untuned = {}
+            if g.validate_at_start:  # before the bar, so the bar counts warm-start steps only
+                await sync(policy.params, 0)
+                untuned = await validate(val_agent, dev_examples, g.seed)
             sft_log = MetricsWriter(  # start_step -1: a warm start cut short is redone whole
                 run_dir / "sft",
                 dataclasses.replace(config.metrics, bar_keys=("sft/nll",)),
@@ -214,9 +218,8 @@ async def train(config: TrainConfig) -> dict[str, Any]:
                 enabled=is_main_process(),
                 desc="warm start",
             )
-            if g.validate_at_start:
-                await sync(policy.params, 0)
-                sft_log.log(0, await validate(val_agent, dev_examples, g.seed))
+            if untuned:
+                sft_log.log(0, untuned)
             policy = await warm_start(
                 config, policy, tokenizer, tools, world, sft_log.log, sft_log.advance
             )
