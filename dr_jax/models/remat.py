@@ -1,9 +1,9 @@
 """Layer rematerialisation: what each decoder layer keeps for the backward pass.
 
-    none      keep every activation (fastest, most memory)
-    full      keep only the layer's input; recompute the layer in the backward pass
-    matmuls   keep the outputs of the projection matmuls (no batch dims), recompute the rest
-              (norms, RoPE, softmax, activations): most of full's saving at less recompute
+none      keep every activation (fastest, most memory)
+full      keep only the layer's input; recompute the layer in the backward pass
+matmuls   keep the outputs of the projection matmuls (no batch dims), recompute the rest
+          (norms, RoPE, softmax, activations): most of full's saving at less recompute
 """
 
 from __future__ import annotations
