@@ -149,7 +149,8 @@ def sampler_programs(
     policy: Policy, sampler: SamplerConfig, mesh: Mesh, param_shardings: Any
 ) -> dict[str, tuple[Callable[[], Any], float]]:
     """The JAX sampler's prefill (its whole batch admitted at once, each prompt the KV length)
-    and decode chunk, lowered on abstract inputs laid out as the sampler lays them out."""
+    and decode chunk (attending over the whole KV cache), lowered on abstract inputs laid out
+    as the sampler lays them out."""
     from dr_jax.rollout.jax_sampler import (
         JaxSampler,
         Paths,
@@ -193,7 +194,7 @@ def sampler_programs(
             batch * length * (per_token + attend * length / 2),
         ),
         "sampler decode": (
-            lambda: _decode.lower(policy, params, cache, slots, steps, paths),
+            lambda: _decode.lower(policy, params, cache, slots, steps, paths, length),
             steps * batch * (per_token + attend * length),
         ),
     }
