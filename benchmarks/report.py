@@ -99,3 +99,19 @@ def paired_seconds(ours, reference, repeats: int) -> tuple[float, float]:
             step()
             out.append(time.perf_counter() - start)
     return statistics.median(times[0]), statistics.median(times[1])
+
+
+def with_threads(step, threads: int):
+    """`step` run with torch limited to `threads` intra-op threads (other jobs on the cores
+    starve torch's worker threads, so a reference is timed with all and with one)."""
+    import torch
+
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            step()
+        finally:
+            torch.set_num_threads(before)
+
+    return run

@@ -35,6 +35,7 @@ from report import (
     print_summary,
     print_table,
     smollm2_135m,
+    with_threads,
 )
 from transformers import AutoModelForCausalLM
 
@@ -75,20 +76,6 @@ def torch_decode(path: str, prompts: np.ndarray, new_tokens: int):
 
     step(8)  # warm-up
     return step
-
-
-def with_threads(step, threads: int):
-    """`step` run with torch limited to `threads` intra-op threads."""
-
-    def run():
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            step()
-        finally:
-            torch.set_num_threads(before)
-
-    return run
 
 
 def same_maths(policy, path: str, prompts: np.ndarray) -> float:
