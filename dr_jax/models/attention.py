@@ -24,12 +24,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from dr_jax.sharding import BATCH_AXES
+
 AttentionImpl = Literal["auto", "xla", "chunked", "splash", "cudnn"]
 IMPLEMENTATIONS: tuple[str, ...] = get_args(AttentionImpl)
 DEFAULT_CHUNK = 1024  # queries per block of "chunked" when no chunk is given
 _MASKED = -1e30  # finite, so a query row with no visible key (left padding) stays NaN-free
 _SPLASH_BLOCK = 128  # splash tiles rows in blocks of this many tokens (TPU lane width)
-_BATCH_AXES = ("data", "fsdp")  # mesh axes that split rows (dr_jax.sharding.BATCH_AXES)
 
 
 def resolve(impl: str, platform: str, chunk: int | None = None) -> str:
@@ -190,7 +191,7 @@ def splash(
         return out.transpose(0, 3, 1, 2, 4).reshape(q.shape)
 
     if not mesh.empty:
-        rows = tuple(a for a in _BATCH_AXES if a in mesh.axis_names) or None
+        rows = tuple(a for a in BATCH_AXES if a in mesh.axis_names) or None
         spec = PartitionSpec(rows, None, head_axis, None)
         run = jax.shard_map(
             run,
