@@ -131,8 +131,9 @@ class TrainConfig:
     the offline world served on loopback, sampled in-process, on CPU, in minutes. It samples at
     T = 0.5: a policy that cannot copy names from its context writes them from a flat
     distribution, and at T >= 0.7 those spans wander into tags and break the turn format in nearly
-    every rollout. It checks the whole loop in a minute or two, and learns little: a random
-    2-layer model cannot copy names. The main job (no flags) is `embedded_preset()`."""
+    every rollout. It checks the whole loop in a few minutes and learns nothing useful (a random
+    2-layer model in 20 steps keeps breaking the format). The main job (no flags) is
+    `embedded_preset()`."""
 
     run_dir: str = "runs/smoke"
     """Checkpoints, metrics.jsonl, TensorBoard files and sample dumps; an existing run resumes."""
@@ -160,7 +161,7 @@ class TrainConfig:
         )
     )  # fmt: skip
     sft: SFTConfig = field(
-        default_factory=lambda: SFTConfig(steps=60, batch_size=4, lr=5e-3, trust_snippets=True)
+        default_factory=lambda: SFTConfig(steps=20, batch_size=4, lr=5e-3, trust_snippets=True)
     )
     data: DataConfig = field(default_factory=lambda: DataConfig(data_sources=("world_1hop",)))
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
