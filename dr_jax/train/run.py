@@ -20,12 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-
 from dr_jax.aot import preflight
 from dr_jax.data import DataIterator, QAExample, examples_from_questions, load_dataset
-from dr_jax.models import Policy, load_pretrained, save_pretrained
+from dr_jax.models import Policy, save_pretrained
 from dr_jax.rollout import Agent, AgentConfig, SGLangSampler
 from dr_jax.runtime import (
     build_policy,
@@ -200,9 +197,7 @@ async def train(config: TrainConfig) -> dict[str, Any]:
         agent, val_agent = build_agents(config, sampler, tokenizer, tools)
         warm_dir = run_dir / "warm_start"
         if warm_dir.is_dir():
-            options = config.policy.model_options(jax.default_backend())
-            warm = load_pretrained(warm_dir, dtype=jnp.dtype(config.policy.dtype), mesh=mesh)
-            policy = warm.replace(**options)
+            policy = build_policy(dataclasses.replace(config.policy, path=str(warm_dir)), mesh)
         elif config.sft.steps and not resuming:
             if world is None:
                 raise ValueError("--sft.steps > 0 needs the offline world (--data.source world)")
