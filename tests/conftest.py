@@ -1,4 +1,4 @@
-"""Shared fixtures: the `shared/` data folder and the real Qwen2.5 tokenizer, built offline."""
+"""Shared fixtures: the real Qwen2.5 tokenizer, built offline. Vendored test data: `tests/data/`."""
 
 import os
 from pathlib import Path
@@ -9,14 +9,11 @@ import pytest
 # start-up and print libtpu's warnings; the compile-only tests reach libtpu by themselves.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} is absent: the shared data folder sits beside the project root")
-    return SHARED
+def data_dir() -> Path:
+    """`tests/data/`: upstream files the tests read, vendored with their licences (README.md)."""
+    return Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ TEST_COMPOSITION = {"2wiki": 512, "popqa": 512, "tq": 512, "hotpotqa": 512, "nq"
 
 
 @pytest.fixture(scope="module")
-def deepresearcher_dir(shared_dir):
-    return shared_dir / "data" / "deepresearcher"
+def deepresearcher_dir(data_dir):
+    return data_dir / "deepresearcher"
 
 
 def count_sources(examples):

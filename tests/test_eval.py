@@ -101,8 +101,8 @@ def test_resuming_with_other_settings_is_refused(world, tmp_path):
         asyncio.run(evaluate(oracle_config(tmp_path, limit=1, max_turns=3), world))
 
 
-def test_a_prompt_file_replaces_the_system_prompt(world, shared_dir, tmp_path):
-    prompts = json.loads((shared_dir / "data/deepresearcher/prompts.json").read_text())
+def test_a_prompt_file_replaces_the_system_prompt(world, data_dir, tmp_path):
+    prompts = json.loads((data_dir / "deepresearcher/prompts.json").read_text())
     system = tmp_path / "system.txt"
     system.write_text(prompts["system_prompt_online_search"])
     config = oracle_config(
@@ -169,12 +169,12 @@ def local_index(tmp_path) -> Path:
 
 @pytest.mark.parametrize("backend", ["world", pytest.param("local", marks=pytest.mark.slow)])
 def test_limit_20_on_the_deepresearcher_test_set_runs(
-    backend, shared_dir, local_index, tiny_sampler, tmp_path
+    backend, data_dir, local_index, tiny_sampler, tmp_path
 ):
     """Neither backend holds these answers: the point is that the real benchmark runs."""
     tools = replace(TOOLS, search_backend=backend, local_index=str(local_index))
     config = tiny_policy_config(
-        tmp_path / "run", dataset=str(shared_dir / "data/deepresearcher/test.parquet"), limit=20
+        tmp_path / "run", dataset=str(data_dir / "deepresearcher/test.parquet"), limit=20
     )
     config = replace(config, seed=3, tools=tools)
     summary = asyncio.run(evaluate(config, sampler=tiny_sampler))

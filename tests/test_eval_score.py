@@ -92,8 +92,8 @@ def test_unmeasured_metrics_stay_empty_rather_than_zero():
     )
 
 
-def test_test_parquet_loads_whole_with_its_seven_sources(shared_dir):
-    examples = load_dataset(shared_dir / "data/deepresearcher/test.parquet")
+def test_test_parquet_loads_whole_with_its_seven_sources(data_dir):
+    examples = load_dataset(data_dir / "deepresearcher/test.parquet")
     counts = {s: sum(e.data_source == s for e in examples) for s in SOURCES}
     print(composition(examples))
     assert len(examples) == 3197 and len({e.id for e in examples}) == 3197
@@ -101,9 +101,9 @@ def test_test_parquet_loads_whole_with_its_seven_sources(shared_dir):
 
 
 @pytest.fixture
-def small_test_set(shared_dir, tmp_path) -> tuple[Path, list]:
+def small_test_set(data_dir, tmp_path) -> tuple[Path, list]:
     """The first 12 rows of test.parquet, as its own parquet file, and their examples."""
-    table = pq.read_table(shared_dir / "data/deepresearcher/test.parquet").slice(0, 12)
+    table = pq.read_table(data_dir / "deepresearcher/test.parquet").slice(0, 12)
     path = tmp_path / "test12.parquet"
     pq.write_table(pa.Table.from_pylist(table.to_pylist()), path)
     return path, load_dataset(path)

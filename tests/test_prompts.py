@@ -43,9 +43,9 @@ def sampled_ids(tokenizer, turn: str) -> list[int]:
     return [*tokenizer.encode(turn, add_special_tokens=False), tokenizer.eos_token_id]
 
 
-def deepresearcher_template(shared_dir) -> PromptTemplate:
+def deepresearcher_template(data_dir) -> PromptTemplate:
     """The original prompt and tools (tools.json is a Python literal: drop trailing commas)."""
-    folder = shared_dir / "data" / "deepresearcher"
+    folder = data_dir / "deepresearcher"
     system = json.loads((folder / "prompts.json").read_text())["system_prompt_online_search"]
     tools = json.loads(re.sub(r",(\s*[}\]])", r"\1", (folder / "tools.json").read_text()))
     return PromptTemplate(system=system, tools=tuple(tools))
@@ -114,9 +114,9 @@ def test_turn_text_with_the_prefix_parses(qwen_tokenizer):
     assert turn.kind == "tool_call" and turn.tool_call.name == "web_search"
 
 
-def test_deepresearcher_prompt_renders_like_the_original(qwen_tokenizer, shared_dir):
+def test_deepresearcher_prompt_renders_like_the_original(qwen_tokenizer, data_dir):
     """Reference §3: template(system, user; tools) + "<think>", with the §4.3 tool lines."""
-    template = deepresearcher_template(shared_dir)
+    template = deepresearcher_template(data_dir)
     system = template.system_text(TODAY)
     assert system.startswith(f"## Background information \n* Today is {TODAY}\n")
     tool_lines = (
@@ -145,11 +145,11 @@ def test_deepresearcher_prompt_renders_like_the_original(qwen_tokenizer, shared_
     assert ids == qwen_tokenizer.encode(expected, add_special_tokens=False)
 
 
-def test_deepresearcher_tool_turn_matches_the_original_re_rendering(qwen_tokenizer, shared_dir):
+def test_deepresearcher_tool_turn_matches_the_original_re_rendering(qwen_tokenizer, data_dir):
     """The original re-rendered a tool-call turn from its message list (reference §3); a
     sampled turn in that normalised form plus our observation tokens gives the same text."""
-    template = deepresearcher_template(shared_dir)
-    golden = json.loads((shared_dir / "data/deepresearcher/signal/data_search.json").read_text())
+    template = deepresearcher_template(data_dir)
+    golden = json.loads((data_dir / "deepresearcher/signal/data_search.json").read_text())
     item = golden[0]
     original_messages = [
         *template.messages(item["question"], today=TODAY),

@@ -83,8 +83,8 @@ def test_skip_special_tokens_keeps_tool_call_tags(qwen_tokenizer):
     assert kept == "assistant\n<tool_call>{}</tool_call>"
 
 
-def test_chat_template_is_the_qwen2_5_one(qwen_tokenizer, shared_dir):
-    shipped = (shared_dir / "data" / "qwen" / "qwen2_5_chat_template.jinja").read_text()
+def test_chat_template_is_the_qwen2_5_one(qwen_tokenizer, data_dir):
+    shipped = (data_dir / "qwen" / "qwen2_5_chat_template.jinja").read_text()
     assert qwen_tokenizer.chat_template == shipped
 
 

@@ -74,13 +74,13 @@ def test_a_text_without_spaces_is_still_cut():
 # ------------------------------------------------------------------- DeepResearcher shapes
 
 
-def _golden(shared_dir, name: str) -> list:
-    path = shared_dir / "data" / "deepresearcher" / "signal" / name
+def _golden(data_dir, name: str) -> list:
+    path = data_dir / "deepresearcher" / "signal" / name
     return json.loads(path.read_text())[0]["content"]
 
 
-def test_search_observation_matches_deepresearcher_golden_payload(shared_dir):
-    golden = _golden(shared_dir, "data_search.json")
+def test_search_observation_matches_deepresearcher_golden_payload(data_dir):
+    golden = _golden(data_dir, "data_search.json")
     results = [
         QueryResult(
             item["search_query"],
@@ -94,8 +94,8 @@ def test_search_observation_matches_deepresearcher_golden_payload(shared_dir):
     assert search_observation(results, "deepresearcher") == str(golden)
 
 
-def test_browse_observation_matches_deepresearcher_golden_payload(shared_dir):
-    golden = _golden(shared_dir, "data_read.json")
+def test_browse_observation_matches_deepresearcher_golden_payload(data_dir):
+    golden = _golden(data_dir, "data_read.json")
     pages = [
         PageResult(
             item["url"],
@@ -480,8 +480,8 @@ def test_cli_help_explains_backends_and_environment(capsys):
         assert word in out
 
 
-def test_the_original_reading_prompt_works_as_a_prompt_file(web, shared_dir, tmp_path):
-    prompts = json.loads((shared_dir / "data" / "deepresearcher" / "prompts.json").read_text())
+def test_the_original_reading_prompt_works_as_a_prompt_file(web, data_dir, tmp_path):
+    prompts = json.loads((data_dir / "deepresearcher" / "prompts.json").read_text())
     prompt_file = tmp_path / "deepresearcher_reader.txt"
     prompt_file.write_text(prompts["reading_agent_extract_prompt"])
     web.prompts.clear()

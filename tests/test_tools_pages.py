@@ -63,8 +63,8 @@ PAGES = {
 
 
 @pytest.fixture(scope="module")
-def site(shared_dir):
-    pages = {f"/{name}": (shared_dir / "data" / "pages" / name).read_bytes() for name in PAGES}
+def site(data_dir):
+    pages = {f"/{name}": (data_dir / "pages" / name).read_bytes() for name in PAGES}
 
     async def handle(request: Request) -> Reply:
         if request.path == "/notes.txt":

@@ -199,9 +199,9 @@ def test_server_starts_in_seconds_and_restarts():
         assert httpx.get(server.url + "/").status_code == 200
 
 
-def test_export_writes_deepresearcher_parquet_jsonl_and_pages(world, tmp_path, shared_dir):
+def test_export_writes_deepresearcher_parquet_jsonl_and_pages(world, tmp_path, data_dir):
     out = world.export(tmp_path)
-    reference = pq.read_schema(shared_dir / "data" / "deepresearcher" / "dev.parquet")
+    reference = pq.read_schema(data_dir / "deepresearcher" / "dev.parquet")
     for split in ("train", "dev", "test"):
         table = pq.read_table(out / f"{split}.parquet")
         assert table.schema.remove_metadata().equals(reference.remove_metadata())
