@@ -37,7 +37,7 @@ from dr_jax.tools.fetch import Fetched
 from dr_jax.tools.loopback import LoopbackServer, Reply, Request
 from dr_jax.tools.workers import Extractor
 
-PAGES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pages"
+PAGES_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "pages"
 
 
 def _children_cpu() -> dict[int, float]:
@@ -148,9 +148,8 @@ async def _concurrency_run(
 
 
 def _pages() -> list[bytes]:
-    return [p.read_bytes() for p in sorted(PAGES_DIR.glob("*.html"))] or [
-        _article(n) for n in range(12)
-    ]
+    """The 12 real pages of the test fixtures (trafilatura's real-world set)."""
+    return [p.read_bytes() for p in sorted(PAGES_DIR.glob("*.html"))]
 
 
 async def _extraction_in_workers(rounds: int, workers: int) -> float:
