@@ -166,7 +166,7 @@ def sampler_programs(
     def spec(x: Any, sharding: Any) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding)
 
-    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
     layout = cache_shardings(mesh, cfg.num_kv_heads)
     cache = KVCache(
         jax.ShapeDtypeStruct(shape, policy.dtype, sharding=layout.k),

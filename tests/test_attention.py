@@ -48,7 +48,9 @@ IMPLS = {
     "splash": functools.partial(attn.splash, interpret=True),
     "cudnn": lambda q, k, v, m: attn.dot_product(q, k, v, m, "xla"),
     "xla, full mask": lambda q, k, v, m: attn.attention(q, k, v, attn._full_mask(m, T)),
-    "chunked, full mask": lambda q, k, v, m: attn.chunked(q, k, v, attn._full_mask(m, T), 48),
+    "chunked, full mask": lambda q, k, v, m: attn.chunked(
+        q, k.swapaxes(1, 2), v.swapaxes(1, 2), attn._full_mask(m, T), 48
+    ),
 }
 
 

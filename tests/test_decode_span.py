@@ -18,7 +18,26 @@ def test_extend_over_a_prefix_of_the_cache_equals_the_whole_cache():
     whole, _ = policy.extend(policy.params, policy.init_cache(2, 64), tokens, num_new)
     prefix, cache = policy.extend(policy.params, policy.init_cache(2, 64), tokens, num_new, 16)
     np.testing.assert_allclose(prefix, whole, rtol=1e-5, atol=1e-5)
-    assert cache.k.shape[2] == 64 and list(cache.lengths) == [12, 7]
+    assert cache.max_len == 64 and list(cache.lengths) == [12, 7]
+
+
+def test_split_layers_over_a_split_cache_extend_like_the_stacked_ones():
+    """The decode loop's form (per-layer params and cache blocks) computes the same logits and
+    writes the same slots as the scan over stacked layers."""
+    policy = init_policy(ModelConfig.tiny(vocab_size=512), seed=4)
+    rng = np.random.default_rng(1)
+    prompt = rng.integers(0, 512, (2, 9)).astype(np.int32)
+    _, cache = policy.extend(policy.params, policy.init_cache(2, 32), prompt, np.array([9, 5]))
+    step = rng.integers(0, 512, (2, 1)).astype(np.int32)
+    active = np.array([1, 0], np.int32)
+    stacked, after = policy.extend(policy.params, cache, step, active, 16)
+    layers = policy.split_layers(policy.params)
+    split, window = policy.extend(policy.params, cache.split(16), step, active, layers=layers)
+    np.testing.assert_allclose(split, stacked, rtol=1e-5, atol=1e-5)
+    joined = cache.join(window)
+    assert joined.max_len == 32 and list(joined.lengths) == [10, 5]
+    np.testing.assert_allclose(joined.k, after.k, atol=1e-6)
+    np.testing.assert_allclose(joined.v, after.v, atol=1e-6)
 
 
 def test_a_long_cache_decodes_short_rows_over_a_short_span_with_the_same_results():

@@ -61,9 +61,10 @@ def attention(
         return splash(q, k, v, mask)
     if impl == "cudnn" and causal:
         return dot_product(q, k, v, mask, "cudnn")
+    k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, Hkv, S, Dh]
     if impl != "xla" or chunk:
         return chunked(q, k, v, mask, chunk or DEFAULT_CHUNK)
-    return _attend(q, k.swapaxes(1, 2), v.swapaxes(1, 2), _full_mask(mask, k.shape[1]))
+    return _attend(q, k, v, _full_mask(mask, k.shape[2]))
 
 
 def _full_mask(mask: jax.Array, slots: int) -> jax.Array:
@@ -77,8 +78,8 @@ def _full_mask(mask: jax.Array, slots: int) -> jax.Array:
 def chunked(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, chunk: int) -> jax.Array:
     """Queries `chunk` at a time (lax.map), each block rematerialised in the backward pass, so
     memory holds [chunk, S] scores per head instead of [T, S]. A causal-form mask is built per
-    block from token positions: no [T, S] mask exists either."""
-    k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, Hkv, S, Dh]
+    block from token positions: no [T, S] mask exists either. k/v come heads first,
+    [B, Hkv, S, Dh], as the KV cache holds them (decoding is one block: T <= chunk)."""
     batch, length = q.shape[:2]
     if length <= chunk:
         return _attend(q, k, v, _full_mask(mask, k.shape[2]))

@@ -59,8 +59,9 @@ def _unembed(graphdef, dtype, params, hidden):
     return nnx.merge(graphdef, _cast(params, dtype)).unembed(hidden.astype(dtype))
 
 
-def _extend(graphdef, dtype, chunk, impl, span, params, cache: KVCache, tokens, num_new):
+def _extend(graphdef, dtype, chunk, impl, span, params, cache: KVCache, tokens, num_new, layers):
     model = nnx.merge(graphdef, _cast(params, dtype))
+    layers = None if layers is None else _cast(layers, dtype)
     offsets = jnp.arange(tokens.shape[1])
     positions = cache.lengths[:, None] + offsets  # [B, N]: RoPE position = slot index
     slots = jnp.where(offsets < num_new[:, None], positions, cache.max_len)  # padding: dropped
@@ -68,8 +69,9 @@ def _extend(graphdef, dtype, chunk, impl, span, params, cache: KVCache, tokens, 
     mask = jnp.arange(span or cache.max_len) <= positions[:, :, None]
     kv = (cache.k, cache.v)
     hidden, (k, v) = model(
-        tokens, positions, mask, cache=kv, slots=slots, attention_chunk=chunk, attention_impl=impl
-    )
+        tokens, positions, mask, cache=kv, slots=slots, attention_chunk=chunk,
+        attention_impl=impl, layers=layers,
+    )  # fmt: skip
     last = jnp.maximum(num_new - 1, 0)[:, None, None]
     logits = model.unembed(jnp.take_along_axis(hidden, last, axis=1)[:, 0])
     return logits, KVCache(k, v, cache.lengths + num_new)
@@ -136,6 +138,7 @@ class Policy:
         tokens: jax.Array,
         num_new: jax.Array,
         span: int | None = None,
+        layers: tuple[nnx.State, ...] | None = None,
     ) -> tuple[jax.Array, KVCache]:
         """Appends num_new i32[B] tokens of the right-padded tokens i32[B, N] to each cache row.
 
@@ -144,10 +147,18 @@ class Policy:
         token (meaningless where num_new is 0) and the cache with lengths += num_new. Callers keep
         lengths + num_new <= max_len: writes past the end are dropped. A static `span` >= every
         row's lengths + num_new reads only the first `span` slots (decoding short rows in a long
-        cache then costs what their length needs, not max_len).
+        cache then costs what their length needs, not max_len). With `layers` (`split_layers`)
+        the cache is a split one (`KVCache.split`), read whole.
         """
         static = self.graphdef, self.dtype, self.attention_chunk, self.attention, span
-        return _extend_jit(*static, params, cache, tokens, num_new)
+        return _extend_jit(*static, params, cache, tokens, num_new, layers)
+
+    def split_layers(self, params: nnx.State) -> tuple[nnx.State, ...]:
+        """The layers' params one per layer, in the compute dtype, for `extend` over a split
+        cache (`KVCache.split`): a decode loop splits them once, outside the loop."""
+        stacked = _cast(params["layers"], self.dtype)
+        layer = lambda i: jax.tree.map(lambda a: a[i], stacked)
+        return tuple(layer(i) for i in range(self.config.num_layers))
 
     def replace(self, **changes: Any) -> Policy:
         return dataclasses.replace(self, **changes)

@@ -1,7 +1,7 @@
 """The Qwen2 / Qwen2.5 / Qwen3 dense decoder in Flax NNX.
 
     x = embed[tokens]
-    for each of L layers (one `jax.lax.scan` over stacked weights):
+    for each of L layers (one `jax.lax.scan` over stacked weights, or a loop over split ones):
         x = x + Attention(RMSNorm(x))          GQA, RoPE, optional q/k bias or q/k RMSNorm
         x = x + W_down(silu(W_gate x) * W_up x)  after RMSNorm
     hidden = RMSNorm(x);  logits = hidden @ W_out   (W_out = embed^T when tied)
@@ -13,20 +13,22 @@ Every parameter is an `nnx.Param` whose `axes` metadata names its logical axes
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dr_jax.models.attention import attention
+from dr_jax.models.attention import DEFAULT_CHUNK, attention, chunked
 from dr_jax.models.config import ModelConfig
 from dr_jax.models.remat import checkpointed
 from dr_jax.models.rope import rope_frequencies
 
 _INIT_STD = 0.02
 
-KV = tuple[jax.Array, jax.Array]  # the KV cache of all layers: k, v [L, B, S, Hkv, Dh]
+KV = tuple[Any, Any]  # a KV cache: k, v [L, B, Hkv, S, Dh], or one layer's [B, Hkv, S, Dh]
 
 
 class Linear(nnx.Module):
@@ -109,23 +111,27 @@ class Attention(nnx.Module):
         attention_chunk: int | None = None,
         attention_impl: str = "xla",
     ) -> tuple[jax.Array, KV | None]:
-        """x [B, T, D] -> [B, T, D]. With the all-layer cache (k, v [L, B, S, Hkv, Dh]), k/v of x
-        are first written in place at (layer, slots i32[B, T]) (out-of-range slots are dropped)
-        and the queries attend over that layer's first S' slots (mask bool[B, T, S'], S' <= S).
+        """x [B, T, D] -> [B, T, D]. With a cache, k/v of x are first written in place at
+        (layer, rows, slots i32[B, T]) of the all-layer cache, or at (rows, slots) of a layer's
+        own cache when layer is None (out-of-range slots are dropped); the queries then attend
+        over that layer's first S' slots (mask bool[B, T, S'], S' <= S).
         mask: see `dr_jax.models.attention`."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
-            rows = jnp.arange(x.shape[0])[:, None]
-            cache = (
-                cache[0].at[layer, rows, slots].set(k.astype(cache[0].dtype), mode="drop"),
-                cache[1].at[layer, rows, slots].set(v.astype(cache[1].dtype), mode="drop"),
-            )
-            span = mask.shape[-1]  # the slots the queries may see: a prefix of the cache
-            k, v = cache[0][layer, :, :span], cache[1][layer, :, :span]
-        attended = attention(q, k, v, mask, attention_chunk, attention_impl)
+        if cache is None:
+            attended = attention(q, k, v, mask, attention_chunk, attention_impl)
+            return self.o_proj(attended), None
+        rows = jnp.arange(x.shape[0])[:, None]
+        at = (rows, slice(None), slots) if layer is None else (layer, rows, slice(None), slots)
+        cache = (
+            cache[0].at[at].set(k.astype(cache[0].dtype), mode="drop"),
+            cache[1].at[at].set(v.astype(cache[1].dtype), mode="drop"),
+        )
+        span = mask.shape[-1]  # the slots the queries may see: a prefix of the cache
+        k, v = (c[..., :span, :] if layer is None else c[layer, :, :, :span] for c in cache)
+        attended = chunked(q, k, v, mask, attention_chunk or DEFAULT_CHUNK)
         return self.o_proj(attended), cache
 
 
@@ -181,24 +187,38 @@ class Qwen(nnx.Module):
         remat: bool | str = False,
         attention_chunk: int | None = None,
         attention_impl: str = "xla",
+        layers: Sequence[nnx.State] | None = None,
     ) -> tuple[jax.Array, KV | None]:
         """tokens/positions i32[B, T], mask bool[B, T, S] or causal-form bool[B, T] -> hidden
-        [B, T, D] and the new cache (k, v [L, B, S, Hkv, Dh]) when one is given. remat: what each
-        layer keeps for the backward pass (`dr_jax.models.remat`); attention_chunk and
-        attention_impl pick the attention (`dr_jax.models.attention`)."""
+        [B, T, D] and the new cache when one is given. remat: what each layer keeps for the
+        backward pass (`dr_jax.models.remat`); attention_chunk and attention_impl pick the
+        attention (`dr_jax.models.attention`).
+
+        layers: the layers' params split one per layer (`split_layers`), with a split cache
+        (k, v: tuples of [B, Hkv, S, Dh]): the layers then run as a Python loop, so a decode
+        loop around this call slices no weights or cache blocks at each step (XLA copies the
+        slices a scan over stacked layers takes)."""
         x = jnp.take(self.embed[...], tokens, axis=0)
         rope = rope_angles(positions, rope_frequencies(self.config))
         graphdef, stacked = nnx.split(self.layers)
+        run = (attention_chunk, attention_impl)
+        if layers is not None:
+            new_k, new_v = [], []
+            for state, k, v in zip(layers, *cache, strict=True):
+                x, (k, v) = nnx.merge(graphdef, state)(x, rope, mask, (k, v), slots, None, *run)
+                new_k.append(k)
+                new_v.append(v)
+            return self.norm(x), (tuple(new_k), tuple(new_v))
 
         def block(carry, layer_state_and_index):
             x, cache = carry  # the cache rides in the carry, so XLA updates it in place
             layer_state, index = layer_state_and_index
             layer = nnx.merge(graphdef, layer_state)
-            return layer(x, rope, mask, cache, slots, index, attention_chunk, attention_impl), None
+            return layer(x, rope, mask, cache, slots, index, *run), None
 
         block = checkpointed(block, remat)
-        layers = (stacked, jnp.arange(self.config.num_layers))
-        (x, cache), _ = jax.lax.scan(block, (x, cache), layers)
+        each_layer = (stacked, jnp.arange(self.config.num_layers))
+        (x, cache), _ = jax.lax.scan(block, (x, cache), each_layer)
         return self.norm(x), cache
 
     def unembed(self, hidden: jax.Array) -> jax.Array:

@@ -198,20 +198,26 @@ def _decode(
     policy: Policy, params, cache: KVCache, slots: Slots, steps: int, paths: Paths, span: int
 ):
     """`steps` decode steps: write each active row's pending token, sample the next one.
-    Attention reads the first `span` cache slots (>= every row's length after the chunk).
+    The steps run on a split copy of the first `span` cache slots (>= every row's length after
+    the chunk), written back at the end: each step then reads and updates the layers' blocks in
+    place (module doc of `dr_jax.models.cache`).
     Returns the cache, slots, tokens i32[steps, B] (-1 where idle) and log-probs f32[steps, B].
     Compiled once per (policy, shapes, span): every sampler over the same policy shares it."""
 
+    layers = policy.split_layers(params)  # copied once per chunk, not at every step
+
     def step(carry, _):
-        cache, slots = carry
-        logits, cache = policy.extend(
-            params, cache, slots.pending[:, None], slots.active.astype(jnp.int32), span
+        window, slots = carry
+        tokens = slots.pending[:, None]
+        logits, window = policy.extend(
+            params, window, tokens, slots.active.astype(jnp.int32), layers=layers
         )
         slots, tokens, logprobs = _emit(slots, logits, slots.active, paths)
-        return (cache, slots), (tokens, logprobs)
+        return (window, slots), (tokens, logprobs)
 
-    (cache, slots), (tokens, logprobs) = jax.lax.scan(step, (cache, slots), length=steps)
-    return cache, slots, tokens, logprobs
+    carry = (cache.split(span), slots)
+    (window, slots), (tokens, logprobs) = jax.lax.scan(step, carry, length=steps)
+    return cache.join(window), slots, tokens, logprobs
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7, 8, 9), donate_argnums=2)
@@ -221,7 +227,7 @@ def _prefill(
     """Prefills prompts tokens i32[b, n] (right-padded, lengths i32[b]) on a fresh [b, n] cache
     in chunks, copies it into cache rows `rows` i32[b] (B = padding, dropped) and samples each
     row's first token. Returns cache, slots, tokens i32[B] (-1 elsewhere), log-probs f32[B]."""
-    b, batch = tokens.shape[0], cache.k.shape[1]
+    b, batch = tokens.shape[0], cache.lengths.shape[0]
     small = policy.init_cache(b, n)
 
     def step(carry, i):
@@ -234,8 +240,8 @@ def _prefill(
     last = jnp.zeros((b, policy.config.vocab_size), jnp.float32)
     (small, last), _ = jax.lax.scan(step, (small, last), jnp.arange(n // chunk))
     span = min(n, cache.max_len)
-    k = cache.k.at[:, rows, :span].set(small.k[:, :, :span], mode="drop")
-    v = cache.v.at[:, rows, :span].set(small.v[:, :, :span], mode="drop")
+    k = cache.k.at[:, rows, :, :span].set(small.k[..., :span, :], mode="drop")
+    v = cache.v.at[:, rows, :, :span].set(small.v[..., :span, :], mode="drop")
     cache = KVCache(k, v, cache.lengths.at[rows].set(lengths, mode="drop"))
     logits = jnp.zeros((batch, last.shape[-1]), jnp.float32).at[rows].set(last, mode="drop")
     fresh = jnp.zeros(batch, bool).at[rows].set(True, mode="drop")
@@ -261,7 +267,7 @@ class _Request:
 def cache_shardings(mesh: Mesh, kv_heads: int) -> KVCache:
     """The KV cache's layout: rows over data x fsdp, KV heads over tp when it divides them."""
     tp = "tp" if kv_heads % mesh.shape.get("tp", 1) == 0 else None
-    kv = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES, None, tp, None))
+    kv = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES, tp, None, None))
     return KVCache(kv, kv, NamedSharding(mesh, PartitionSpec(BATCH_AXES)))
 
 
