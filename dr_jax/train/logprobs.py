@@ -17,6 +17,12 @@ import numpy as np
 
 from dr_jax import losses
 
+# The gathers' indices come from an argsort over the row, so they are always in range; saying
+# so spares the compiler the bounds handling, whose TPU code generation grows with the row
+# length (a [4, 4,096] gather compiled in 225 s and 2.5 GB of host memory for v5p, 46 s and
+# 0.9 GB with this; at 32,768 tokens, still 0.9 GB).
+_IN_BOUNDS = "promise_in_bounds"
+
 
 def num_scored_positions(loss_mask: Any, seq_len: int, chunk: int) -> int:
     """A static K >= every row's trained-token count: chunk x a power of two, at most T - 1,
@@ -34,7 +40,7 @@ def select_positions(loss_mask: jax.Array, k: int) -> tuple[jax.Array, jax.Array
     """
     trained = (loss_mask > 0).at[:, 0].set(False)
     index = jnp.argsort(~trained, axis=-1, stable=True)[:, :k]
-    return index, jnp.take_along_axis(trained, index, axis=-1)
+    return index, jnp.take_along_axis(trained, index, axis=-1, mode=_IN_BOUNDS)
 
 
 def sequence_logprobs(
@@ -63,8 +69,9 @@ def sequence_logprobs(
     else:
         index, valid = select_positions(loss_mask, num_positions or t - 1)
     k = index.shape[1]
-    hidden = jnp.take_along_axis(hidden, jnp.maximum(index - 1, 0)[..., None], axis=1)
-    targets = jnp.take_along_axis(tokens, index, axis=1)
+    before = jnp.maximum(index - 1, 0)[..., None]
+    hidden = jnp.take_along_axis(hidden, before, axis=1, mode=_IN_BOUNDS)
+    targets = jnp.take_along_axis(tokens, index, axis=1, mode=_IN_BOUNDS)
 
     chunk = max(1, min(chunk, k))
     n = -(-k // chunk)
