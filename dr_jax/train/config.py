@@ -231,7 +231,7 @@ def embedded_preset(**overrides: Any) -> TrainConfig:
         grpo=GRPOConfig(steps=8, questions_per_step=4, group_size=4, micro_batch_size=4,
                         logprob_chunk=128, validate_every=0, val_questions=50,
                         val_temperature=1.0),
-        sft=SFTConfig(steps=16, batch_size=4, lr=1e-4, warmup_steps=2, max_tokens=640,
+        sft=SFTConfig(steps=10, batch_size=4, lr=1e-4, warmup_steps=2, max_tokens=640,
                       trust_snippets=True),
         data=DataConfig(world_size="1200", data_sources=("world_1hop",)),
         max_turns=3,
