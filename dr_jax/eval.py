@@ -588,7 +588,7 @@ class ScoreConfig:
     results: tyro.conf.Positional[str]
     """JSON list of rows with a `message_str` trajectory each (or JSON lines), in dataset order."""
     dataset: str
-    """The questions those rows answer, e.g. shared/data/deepresearcher/test.parquet."""
+    """The questions those rows answer, e.g. tests/data/deepresearcher/test.parquet."""
     out_dir: str = ""
     """Where to write samples.jsonl and summary.{json,md} ("": <results>.scored/ beside it)."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
