@@ -300,7 +300,7 @@ def test_rollout_metrics_summarise_finish_reasons_and_time(qwen_tokenizer):
                    num_turns=1, timings={"sampling": 1.0, "tools": 0.0, "total": 4.0}),
     ]  # fmt: skip
     m = rollout_metrics(trajs)
-    assert m["rollout/format_error_rate"] == 0.5
+    assert m["rollout/finish/format_error"] == 0.5 and "rollout/format_error_rate" not in m
     assert m["rollout/finish/answer"] == 0.5 and m["rollout/answer_rate"] == 0.5
     assert m["rollout/turns_mean"] == 1.5 and m["rollout/sampled_tokens"] == 3
     assert m["rollout/sampling_time_share"] == 0.5 and m["rollout/tools_time_share"] == 0.125

@@ -9,9 +9,10 @@ from dr_jax.rollout.trajectory import Trajectory
 
 
 def rollout_metrics(trajectories: Sequence[Trajectory], prefix: str = "rollout/") -> dict:
-    """Means of turns, tool calls and tokens; finish-reason fractions; format-error rate; the
-    share of trajectory time spent awaiting the sampler vs the tools (they overlap across
-    trajectories, so these are per-trajectory shares, not wall-clock)."""
+    """Means of turns, tool calls and tokens; finish-reason fractions (`finish/format_error`:
+    the rollout stopped at an unparsable turn; `format_error_rate` is the scorer's, in the
+    reward metrics); the share of trajectory time spent awaiting the sampler vs the tools (they
+    overlap across trajectories, so these are per-trajectory shares, not wall-clock)."""
     if not trajectories:
         return {}
     n = len(trajectories)
@@ -29,7 +30,6 @@ def rollout_metrics(trajectories: Sequence[Trajectory], prefix: str = "rollout/"
         "response_tokens_max": int(response.max()),
         "sampled_tokens": int(sum(t.num_sampled for t in trajectories)),
         "answer_rate": sum(t.answer is not None for t in trajectories) / n,
-        "format_error_rate": reasons["format_error"] / n,
         "sampling_time_share": sampling / total if total > 0 else 0.0,
         "tools_time_share": tools / total if total > 0 else 0.0,
         "sampling_seconds": sampling,
