@@ -24,12 +24,12 @@ import numpy as np
 import torch
 import transformers
 from report import (
+    fastest_reference,
     load_average,
     matmul_roofline,
-    paired_seconds,
+    paired_by_threads,
     print_summary,
     smollm2_135m,
-    with_threads,
 )
 
 from dr_jax.models import ModelConfig, init_policy, save_pretrained
@@ -134,11 +134,9 @@ def main() -> None:
     ours, ref = jax_steps(policy, tokens, mask), torch_steps(model, tokens, mask)
     count = BATCH * LENGTH
     rows = []
-    threads = sorted({torch.get_num_threads(), 1}, reverse=True)
     for name, i in (("forward", 0), ("forward+backward", 1)):
-        # the reference: torch with all its threads or with one, whichever is faster now
-        timed = [paired_seconds(ours[i], with_threads(ref[i], n), args.repeats) for n in threads]
-        t_ours, t_ref = min(timed, key=lambda t: t[1])
+        timed = paired_by_threads(ours[i], ref[i], args.repeats)
+        t_ours, t_ref = timed[fastest_reference(timed)]
         rows.append((name, count / t_ours, count / t_ref))
     roof = matmul_roofline(count, config.hidden_size, config.intermediate_size)
     best = max(roof.values())
@@ -156,7 +154,7 @@ def main() -> None:
     print(
         f"dr_jax fwd+bwd {ours_tps * flops / 1e9:.1f} GFLOP/s, torch {ref_tps * flops / 1e9:.1f}; "
         f"max |logit gap| {gap:.1e}; load average {load_average()}; "
-        f"torch threads tried {threads}"
+        f"torch threads tried {list(timed)}"
     )
     setup = (
         f"{args.shape}: {config.model_type} L={config.num_layers} D={config.hidden_size} "

@@ -115,3 +115,18 @@ def with_threads(step, threads: int):
             torch.set_num_threads(before)
 
     return run
+
+
+def paired_by_threads(ours, reference, repeats: int) -> dict[int, tuple[float, float]]:
+    """`paired_seconds` of ours against the torch reference run with all of torch's threads and
+    with one: {threads: (ours, reference) medians}. The faster pairing is the reference that
+    counts (other jobs on the cores starve torch's worker threads more than XLA's)."""
+    import torch
+
+    threads = sorted({torch.get_num_threads(), 1}, reverse=True)
+    return {n: paired_seconds(ours, with_threads(reference, n), repeats) for n in threads}
+
+
+def fastest_reference(timed: dict[int, tuple[float, float]]) -> int:
+    """The thread count whose reference run was fastest in `paired_by_threads`' result."""
+    return min(timed, key=lambda n: timed[n][1])

@@ -29,13 +29,13 @@ import time
 import numpy as np
 import torch
 from report import (
+    fastest_reference,
     load_average,
     matmul_roofline,
-    paired_seconds,
+    paired_by_threads,
     print_summary,
     print_table,
     smollm2_135m,
-    with_threads,
 )
 from transformers import AutoModelForCausalLM
 
@@ -145,15 +145,10 @@ def main() -> None:
         gap = same_maths(policy, path, prompts)
         ours_step = jax_decode(policy, prompts, args.new_tokens, args.decode_chunk)
         ref_step = torch_decode(path, prompts, args.new_tokens)
-        # torch's worker threads suffer most when other jobs share the cores: the reference is
-        # the faster of all threads and one thread, each timed paired with ours
-        threads = sorted({torch.get_num_threads(), 1}, reverse=True)
-        timed = {
-            n: paired_seconds(ours_step, with_threads(ref_step, n), args.repeats) for n in threads
-        }
+        timed = paired_by_threads(ours_step, ref_step, args.repeats)
     tokens = args.batch * args.new_tokens
     by_threads = {n: tokens / t[1] for n, t in timed.items()}
-    best = min(timed, key=lambda n: timed[n][1])
+    best = fastest_reference(timed)
     ours, reference = tokens / timed[best][0], tokens / timed[best][1]  # one pairing's medians
     roof = matmul_roofline(args.batch, config.hidden_size, config.intermediate_size)
     turns = agent_turns_per_second(qwen2_tokenizer(), args.questions, args.group)
@@ -166,7 +161,7 @@ def main() -> None:
     setup = (
         f"{args.shape} ({shape}), batch {args.batch}, prompt {args.prompt_len}, "
         f"{args.new_tokens} new tokens, T=1 full vocab, f32, CPU, reference torch with {best} "
-        f"thread(s) (the faster of {threads}), load {load_average()}; agent loop "
+        f"thread(s) (the faster of {list(timed)}), load {load_average()}; agent loop "
         f"{turns:.0f} turns/s ({args.questions} questions x {args.group} samples x 4 turns, "
         "instant sampler and tools)"
     )

@@ -60,8 +60,7 @@ def _unembed(graphdef, dtype, params, hidden):
 
 
 def _extend(graphdef, dtype, chunk, impl, span, params, cache: KVCache, tokens, num_new, layers):
-    model = nnx.merge(graphdef, _cast(params, dtype))
-    layers = None if layers is None else _cast(layers, dtype)
+    model = nnx.merge(graphdef, _cast(params, dtype))  # `layers` come cast (split_layers)
     offsets = jnp.arange(tokens.shape[1])
     positions = cache.lengths[:, None] + offsets  # [B, N]: RoPE position = slot index
     slots = jnp.where(offsets < num_new[:, None], positions, cache.max_len)  # padding: dropped

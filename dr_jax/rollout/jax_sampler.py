@@ -208,10 +208,8 @@ def _decode(
 
     def step(carry, _):
         window, slots = carry
-        tokens = slots.pending[:, None]
-        logits, window = policy.extend(
-            params, window, tokens, slots.active.astype(jnp.int32), layers=layers
-        )
+        pending, active = slots.pending[:, None], slots.active.astype(jnp.int32)
+        logits, window = policy.extend(params, window, pending, active, layers=layers)
         slots, tokens, logprobs = _emit(slots, logits, slots.active, paths)
         return (window, slots), (tokens, logprobs)
 

@@ -1,6 +1,6 @@
 """Copy the vendored test files from a `shared/data` folder, or check that they still match it.
 
-    python tests/data/vendor.py [--check] [SHARED_DATA]   # default: ../shared/data beside the repo
+    python tests/data/vendor.py [--check] SHARED_DATA   # e.g. ../shared/data beside the repo
 
 Every file here is a byte-exact copy of its upstream file (README.md says where each came from);
 the qwen/LICENSE copy is the Apache-2.0 text, the same as deepresearcher/LICENSE.
@@ -31,7 +31,7 @@ FILES = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", nargs="?", type=Path, default=HERE.parents[2] / "shared/data")
+    parser.add_argument("source", type=Path, help="the upstream data folder (shared/data)")
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 on a difference")
     args = parser.parse_args(argv)
     differ = []
