@@ -26,6 +26,7 @@ from tqdm import tqdm
 from dr_jax.config import PolicyConfig, SamplerConfig
 from dr_jax.data import QAExample, examples_from_questions, load_dataset
 from dr_jax.judge import Judge, JudgeConfig, Verdict
+from dr_jax.report import write_report
 from dr_jax.reward import last_turn_answer, last_turn_scores
 from dr_jax.rollout import (
     Agent,
@@ -154,6 +155,8 @@ class SampleRecord:
     time_s: float | None
     finish_reason: str
     judge_detail: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, str]] = field(default_factory=list)
+    """The conversation after the prompt, turn by turn (empty for a scored result file)."""
 
 
 def make_record(
@@ -167,6 +170,7 @@ def make_record(
     context_tokens: int | None = None,
     time_s: float | None = None,
     finish_reason: str = "",
+    messages: Sequence[dict[str, str]] = (),
 ) -> SampleRecord:
     """Score `text` (a whole trajectory) against the example's gold answers."""
     f1, em = last_turn_scores(text, example.answers)
@@ -192,6 +196,7 @@ def make_record(
         time_s=time_s,
         finish_reason=finish_reason,
         judge_detail=detail,
+        messages=list(messages),
     )
 
 
@@ -297,6 +302,7 @@ def write_summary(out_dir: Path, records: list[dict[str, Any]], meta: dict[str, 
     summary = {"meta": meta, "datasets": rows}
     (out_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     (out_dir / SUMMARY_MD).write_text(render_markdown(rows, meta))
+    write_report(out_dir)
     return summary
 
 
@@ -563,6 +569,7 @@ async def score_trajectory(
         context_tokens=trajectory.num_tokens,
         time_s=round(trajectory.timings.get("total", 0.0), 3),
         finish_reason=trajectory.finish_reason,
+        messages=trajectory.messages,
     )
 
 

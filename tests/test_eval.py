@@ -59,8 +59,13 @@ def test_oracle_replayed_through_the_pipeline_scores_f1_one(world, tmp_path):
         assert r["trajectory"].startswith("<|im_start|>system")
         assert r["trajectory"].count("<tool_response>") == r["tool_calls"] > 0
         assert r["tokens"] < r["context_tokens"]
+        roles = [m["role"] for m in r["messages"]]
+        assert roles == ["assistant", "tool"] * r["tool_calls"] + ["assistant"]
     assert summary["meta"]["judge_model"] == "standin-judge"
     assert (tmp_path / "summary.md").read_text().count("world_") == 3
+    page = (tmp_path / "report.html").read_text()  # the report, written beside the summary
+    assert page.count('class="traj"') == 12 and '<div id="eval"><table>' in page
+    assert page.count('<details class="obs">') == sum(r["tool_calls"] for r in records)
 
 
 def test_our_samples_rescore_identically_with_the_score_command(world, tmp_path):

@@ -78,8 +78,13 @@ def test_two_steps_checkpoint_resume_one_more_step(tmp_path):
     for key in ("loss/grad_norm", "loss/kl_loss", "loss/entropy", "train/logprob_gap",
                 "time/rollout", "time/update", "perf/learner_tokens_per_s"):  # fmt: skip
         assert np.isfinite(records[-1][key]), key
-    assert (tmp_path / "samples" / "step_000003.md").read_text().startswith("# step 3")
+    [sample, *val_samples] = read_jsonl(tmp_path / "samples" / "step_000003.jsonl")
+    assert sample["step"] == 3 and sample["split"] == "train"
+    assert sample["messages"][0]["role"] == "assistant" and sample["gold"]
+    assert [s["split"] for s in val_samples] == ["dev"], "the last step's validation too"
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    page = (tmp_path / "report.html").read_text()
+    assert page.count('class="traj"') == 3 * 1 + 1 and "<svg" in page, "written at the end"
 
 
 def test_a_checkpoint_directory_of_another_config_is_refused(tmp_path):
@@ -138,11 +143,14 @@ def test_a_search_outage_becomes_an_observation_and_the_step_completes(tmp_path,
             )  # fmt: skip
             return await loop.step(learner.init_state(0), 1)
 
-    _, record = asyncio.run(run())
+    _, record, samples = asyncio.run(run())
     assert record["train/tool_calls_mean"] == 1.0
     assert record["train/reward"] == 0.0, "well-formed answers score F1 0, not a crash"
-    dump = (tmp_path / "samples" / "step_000001.md").read_text()
-    assert "<tool_response>" in dump and "error" in dump.lower()
+    assert len(samples) == 4
+    [_, observation, answer] = samples[0]["messages"]
+    assert observation["role"] == "tool" and "error" in observation["content"].lower()
+    assert answer == {"role": "assistant", "content": "<think>ok</think>\n<answer>unknown</answer>"
+                      "<|im_end|>"}  # fmt: skip
 
 
 async def _no_sync(params, step) -> None:

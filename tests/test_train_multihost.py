@@ -40,6 +40,7 @@ def test_trajectories_survive_the_wire_format_exactly():
     first.append([9], None)
     first.timings = {"sampling": 0.5, "tools": 0.25, "total": 1.0}
     first.num_turns, first.finish_reason = 2, "answer"
+    first.messages = [{"role": "tool", "name": "web_search", "content": "[]"}]
     empty = Trajectory("", 0, 0, [])
     back = unpack_trajectories(pack_trajectories([first, empty]))
     assert back == [first, empty]
@@ -181,8 +182,8 @@ def test_two_processes_train_like_one_process_and_only_process_0_writes(tmp_path
     assert len([r for r in read_jsonl(two_dir / "sft" / "metrics.jsonl") if "time/sft" in r]) == 1
     assert (two_dir / "warm_start" / "config.json").is_file()
     assert sorted(p.name for p in (two_dir / "samples").iterdir()) == [
-        "step_000001.md",
-        "step_000002.md",
+        "step_000001.jsonl",
+        "step_000002.jsonl",
     ]
 
 

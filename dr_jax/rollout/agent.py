@@ -165,6 +165,7 @@ class Agent:
                 result.token_ids, skip_special_tokens=False
             )
             parsed = parse_turn(turn_text)
+            traj.messages.append({"role": "assistant", "content": turn_text})
             if parsed.kind == "answer":
                 traj.finish_reason, traj.answer = "answer", parsed.answer
                 break
@@ -188,6 +189,9 @@ class Agent:
                 traj.finish_reason = "context_budget"
                 break
             traj.append(obs_ids, None)
+            traj.messages.append(
+                {"role": "tool", "name": parsed.tool_call.name, "content": observation}
+            )
         traj.text = self.template.generation_prefix + self.tokenizer.decode(
             traj.response_ids, skip_special_tokens=False
         )

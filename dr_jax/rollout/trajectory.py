@@ -37,6 +37,9 @@ class Trajectory:
     """Why a format_error or sampler_error ended the trajectory."""
     num_turns: int = 0
     num_tool_calls: int = 0
+    messages: list[dict[str, str]] = field(default_factory=list)
+    """The conversation after the prompt, for people to read: {"role": "assistant", "content":
+    the turn as parsed} and {"role": "tool", "name": ..., "content": the observation}."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds: sampling (awaiting the sampler), tools (awaiting the executor), total."""
 

@@ -84,25 +84,41 @@ def logprob_gap(old: np.ndarray, sampler: np.ndarray, loss_mask: np.ndarray) -> 
     return float(np.sum(np.abs(old - sampler) * loss_mask) / max(float(loss_mask.sum()), 1.0))
 
 
-def sample_dump(trajectories: Sequence, rewards: np.ndarray, k: int) -> list[dict[str, Any]]:
-    """The first k trajectories as text (prompt excluded), with their reward."""
-    return [
-        {
+def sample_records(
+    trajectories: Sequence, rewards: np.ndarray, examples: Sequence[Any], split: str, k: int
+) -> list[dict[str, Any]]:
+    """The first k trajectories as samples/*.jsonl records (eval's samples.jsonl field names,
+    plus the reward and the conversation's messages); trajectory i answers examples[group_id]."""
+    records = []
+    for t, r in zip(trajectories[:k], rewards[:k], strict=False):
+        example = examples[t.group_id]
+        records.append({
+            "id": example.id,
+            "split": split,
+            "data_source": example.data_source,
             "question": t.question,
-            "reward": round(float(r), 3),
+            "gold": list(example.answers),
+            "prediction": t.answer,
+            "reward": round(float(r), 4),
+            "f1": round(max(float(r), 0.0), 4),
+            "finish_reason": t.finish_reason,
+            "error": t.error,
             "turns": t.num_turns,
-            "finish": t.finish_reason,
-            "text": t.text,
-        }
-        for t, r in zip(trajectories[:k], rewards[:k], strict=True)
-    ]
+            "tool_calls": t.num_tool_calls,
+            "tokens": t.num_sampled,
+            "messages": t.messages,
+        })  # fmt: skip
+    return records
 
 
-async def validate(agent: Any, examples: Sequence[Any], seed: int) -> dict[str, float]:
+async def validate(
+    agent: Any, examples: Sequence[Any], seed: int, samples: int = 0
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """val/* metrics of one trajectory per example, sampled with a fixed seed (so two
-    validations differ by their weights, not by their sampling noise)."""
+    validations differ by their weights, not by their sampling noise), and the first `samples`
+    trajectories as records."""
     if not examples:
-        return {}
+        return {}, []
     start = time.perf_counter()
     say(f"validating on {len(examples)} dev questions ...")
     trajectories = await multihost.rollout(
@@ -116,7 +132,7 @@ async def validate(agent: Any, examples: Sequence[Any], seed: int) -> dict[str, 
         f"validation: reward {record['val/reward']:.3f}, F1 {record['val/f1']:.3f}, "
         f"answered {record['val/answer_rate']:.0%} ({record['time/validate']:.0f} s)"
     )
-    return record
+    return record, sample_records(trajectories, rewards, examples, "dev", samples)
 
 
 def say(line: str) -> None:
@@ -203,19 +219,23 @@ class GRPOLoop:
         """Steps start_step+1 .. config.steps, with validations and checkpoints on schedule."""
         cfg = self.config
         if start_step == 0 and cfg.validate_at_start:
-            self.last_record = await self.validate()
+            self.last_record, samples = await self.validate()
             self.metrics.log(0, self.last_record)
+            self.metrics.dump_samples(0, samples)
         for step in range(start_step + 1, cfg.steps + 1):
             started = time.perf_counter()
-            state, record = await self.step(state, step)
+            state, record, samples = await self.step(state, step)
             last = step == cfg.steps
             if last or (cfg.validate_every and step % cfg.validate_every == 0):
-                record.update(await self.validate())
+                val_record, val_samples = await self.validate()
+                record.update(val_record)
+                samples += val_samples
             record["time/step"] = time.perf_counter() - started
             say(time_split(step, record))
             # Log, then save: a kill between the two redoes this step after the resume (whose
             # metrics writer drops records newer than the checkpoint), never loses its record.
             self.metrics.log(step, record)
+            self.metrics.dump_samples(step, samples)
             if last or step % cfg.save_every == 0:
                 self.checkpointer.save(
                     state, extra={"grpo_step": step, "data": self.train_data.state_dict()}
@@ -224,11 +244,14 @@ class GRPOLoop:
             self.last_record = record
         return state
 
-    async def validate(self) -> dict[str, float]:
-        return await validate(self.val_agent, self.dev_examples, self.config.seed)
+    async def validate(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        return await validate(
+            self.val_agent, self.dev_examples, self.config.seed, self.samples_per_step
+        )
 
-    async def step(self, state: Any, step: int) -> tuple[Any, dict[str, Any]]:
-        """One GRPO step; returns the new state and the step's metrics record."""
+    async def step(self, state: Any, step: int) -> tuple[Any, dict[str, Any], list[dict]]:
+        """One GRPO step; returns the new state, the step's metrics record and the first
+        `samples_per_step` trajectories as records."""
         cfg = self.config
         seconds: dict[str, float] = {}
         examples = self.train_data.next_batch()
@@ -281,11 +304,8 @@ class GRPOLoop:
         record.update(self._throughput(seqs, seconds))
         record.update({f"time/{k}": v for k, v in seconds.items()})
         record["data/question_ids"] = [e.id for e in examples]
-        if self.samples_per_step:
-            self.metrics.dump_samples(
-                step, sample_dump(trajectories, rewards, self.samples_per_step)
-            )
-        return state, record
+        samples = sample_records(trajectories, rewards, examples, "train", self.samples_per_step)
+        return state, record, samples
 
     def _logprobs(self, params: Any, seqs: PaddedSequences) -> np.ndarray:
         """Log-probs of the sampled tokens only (0 elsewhere): every use (the ratio, the KL, the

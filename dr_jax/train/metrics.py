@@ -27,8 +27,10 @@ class MetricsConfig:
     """Write TensorBoard event files to <run_dir>/tb."""
     progress_bar: bool = True
     """Show a tqdm progress bar over the GRPO steps."""
-    samples_per_step: int = 2
-    """Trajectories dumped as text to <run_dir>/samples/step_XXXXXX.md each step (0 = none)."""
+    samples_per_step: int = 16
+    """Trajectories written to <run_dir>/samples/step_XXXXXX.jsonl each step, this many of the
+    step's training rollouts and as many of its validation's (0 = none); `python -m
+    dr_jax.report` shows them."""
     bar_keys: tuple[str, ...] = ("train/reward", "train/format_error_rate", "val/reward")
     """Metrics shown next to the progress bar."""
 
@@ -57,6 +59,9 @@ class MetricsWriter:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         truncate_jsonl(self.jsonl_path, after_step=start_step)
+        for path in (self.run_dir / "samples").glob("step_*.jsonl"):
+            if int(path.stem.removeprefix("step_")) > start_step:
+                path.unlink()
         if config.tensorboard:
             self._tb = SummaryWriter(
                 str(self.run_dir / "tb"), purge_step=start_step + 1, flush_secs=10
@@ -89,17 +94,16 @@ class MetricsWriter:
             self._bar.update(1)
 
     def dump_samples(self, step: int, samples: Sequence[Mapping[str, object]]) -> Path | None:
-        """Write trajectories as readable text: header fields, then the decoded conversation."""
+        """Write one step's trajectory records as JSON lines (atomically: a step redone after a
+        resume replaces its file)."""
         if not samples or not self.enabled:
             return None
         out_dir = self.run_dir / "samples"
         out_dir.mkdir(exist_ok=True)
-        path = out_dir / f"step_{step:06d}.md"
-        parts = []
-        for i, sample in enumerate(samples):
-            header = ", ".join(f"{k}={v}" for k, v in sample.items() if k != "text")
-            parts.append(f"## sample {i}: {header}\n\n```\n{sample.get('text', '')}\n```\n")
-        path.write_text(f"# step {step}\n\n" + "\n".join(parts))
+        path = out_dir / f"step_{step:06d}.jsonl"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps({"step": step, **s}) + "\n" for s in samples))
+        tmp.replace(path)
         return path
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from dr_jax.aot import preflight
 from dr_jax.data import DataIterator, QAExample, examples_from_questions, load_dataset
 from dr_jax.models import Policy, save_pretrained
+from dr_jax.report import write_report
 from dr_jax.rollout import Agent, AgentConfig, SGLangSampler
 from dr_jax.runtime import (
     build_policy,
@@ -201,10 +202,12 @@ async def train(config: TrainConfig) -> dict[str, Any]:
         elif config.sft.steps and not resuming:
             if world is None:
                 raise ValueError("--sft.steps > 0 needs the offline world (--data.source world)")
-            untuned = {}
+            untuned, untuned_samples = {}, []
             if g.validate_at_start:  # before the bar, so the bar counts warm-start steps only
                 await sync(policy.params, 0)
-                untuned = await validate(val_agent, dev_examples, g.seed)
+                untuned, untuned_samples = await validate(
+                    val_agent, dev_examples, g.seed, config.metrics.samples_per_step
+                )
             sft_log = MetricsWriter(  # start_step -1: a warm start cut short is redone whole
                 run_dir / "sft",
                 dataclasses.replace(config.metrics, bar_keys=("sft/nll",)),
@@ -215,6 +218,7 @@ async def train(config: TrainConfig) -> dict[str, Any]:
             )
             if untuned:
                 sft_log.log(0, untuned)
+                sft_log.dump_samples(0, untuned_samples)
             policy = await warm_start(
                 config, policy, tokenizer, tools, world, sft_log.log, sft_log.advance
             )
@@ -255,6 +259,8 @@ async def train(config: TrainConfig) -> dict[str, Any]:
             checkpointer.wait()
             checkpointer.close()
             metrics.close()
+        if is_main_process():
+            say(f"report: {write_report(run_dir)}")
     return loop.last_record
 
 
