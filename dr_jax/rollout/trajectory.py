@@ -10,6 +10,10 @@ TrajectoryFinish = Literal[
 with a tool call pending; context_budget: no room left for another turn or observation; length:
 a turn hit max_new_tokens; abort: the sampler dropped the request; sampler_error: it raised."""
 
+INFRA_FAILURES = frozenset({"abort", "sampler_error"})
+"""Finishes caused by the infrastructure (a server outage, a device OOM), not by the policy: such a
+trajectory is never scored as the policy's failure (train/grpo.py drops it from the loss)."""
+
 
 @dataclass
 class Trajectory:

@@ -64,6 +64,10 @@ class GRPOConfig:
     """Checkpoints kept on disk (the oldest are deleted)."""
     seed: int = 0
     """Seeds data order, rollout sampling and initialisation; a resumed run replays it exactly."""
+    max_infra_failures: float = 0.25
+    """Stop the run when a step loses more than this share of its trajectories to the
+    infrastructure (sampler errors and aborts; they are left out of the loss and of their
+    group's statistics either way)."""
 
     def __post_init__(self) -> None:
         rows = self.questions_per_step * self.group_size
@@ -82,6 +86,9 @@ class GRPOConfig:
             )
         if self.tis_cap < 0:
             raise ValueError("--grpo.tis-cap must be >= 0 (0 turns truncated IS off).")
+        if not 0.0 <= self.max_infra_failures <= 1.0:
+            raise ValueError("--grpo.max-infra-failures is a share of a step's trajectories, in "
+                             f"[0, 1]; got {self.max_infra_failures}.")  # fmt: skip
 
 
 @dataclass(frozen=True)

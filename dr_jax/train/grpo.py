@@ -38,6 +38,7 @@ from dr_jax.models.flops import training_flops_per_token
 from dr_jax.reward import deepresearcher_score
 from dr_jax.rollout import JaxSampler, rollout_metrics
 from dr_jax.rollout.sglang import SGLangError
+from dr_jax.rollout.trajectory import INFRA_FAILURES
 from dr_jax.train import multihost
 from dr_jax.train.batching import PaddedSequences, minibatch_indices, pad_trajectories
 from dr_jax.train.config import GRPOConfig
@@ -61,8 +62,30 @@ def score_trajectories(trajectories: Sequence, answers: Sequence[Sequence[str]])
     )
 
 
+class InfraFailure(RuntimeError):
+    """Too many of a step's trajectories were ended by the infrastructure."""
+
+
+def infra_failures(trajectories: Sequence, max_share: float, step: int) -> np.ndarray:
+    """bool[N]: which trajectories the infrastructure ended; raises when they are more than
+    `max_share` of the step's (a broken server would otherwise train the policy on nothing)."""
+    lost = np.array([t.finish_reason in INFRA_FAILURES for t in trajectories], bool)
+    if lost.mean() > max_share:
+        errors = sorted({t.error or t.finish_reason for t in trajectories if t.finish_reason
+                         in INFRA_FAILURES})  # fmt: skip
+        raise InfraFailure(
+            f"step {step}: {lost.sum()} of {len(lost)} trajectories ended by sampler errors or "
+            f"aborts (more than --grpo.max-infra-failures {max_share:g}); first errors: "
+            f"{'; '.join(errors[:3])}. Check the sampler, then run the same command to resume."
+        )
+    return lost
+
+
 def reward_metrics(rewards: np.ndarray, prefix: str) -> dict[str, float]:
-    """Mean reward, F1 (a format error counts 0) and the rate of format errors (reward -1)."""
+    """Mean reward, F1 (a format error counts 0) and the rate of format errors (reward -1), over
+    the trajectories the policy finished (NaN when there are none)."""
+    if not len(rewards):
+        return {f"{prefix}/{k}": float("nan") for k in ("reward", "f1", "format_error_rate")}
     return {
         f"{prefix}/reward": float(rewards.mean()),
         f"{prefix}/f1": float(np.maximum(rewards, 0.0).mean()),
@@ -125,8 +148,10 @@ async def validate(
         agent, [e.question for e in examples], 1, rollout_seed(seed, -1)
     )
     rewards = score_trajectories(trajectories, [e.answers for e in examples])
+    lost = np.array([t.finish_reason in INFRA_FAILURES for t in trajectories], bool)
     record = rollout_metrics(trajectories, prefix="val/")
-    record.update(reward_metrics(rewards, "val"))
+    record.update(reward_metrics(rewards[~lost], "val"))
+    record["val/infra_failures"] = int(lost.sum())
     record["time/validate"] = time.perf_counter() - start
     say(
         f"validation: reward {record['val/reward']:.3f}, F1 {record['val/f1']:.3f}, "
@@ -269,13 +294,17 @@ class GRPOLoop:
         sampler_s = None if busy is None or after is None else after - busy
         seconds.update(split_rollout(seconds["rollout"], trajectories, sampler_s))
         rewards = score_trajectories(trajectories, [e.answers for e in examples])
+        lost = infra_failures(trajectories, cfg.max_infra_failures, step)
         group_ids = np.array([t.group_id for t in trajectories], np.int32)
-        advantages = np.asarray(
-            losses.grpo_advantages(rewards, group_ids, norm_by_std=cfg.norm_adv_by_std)
-        )
+        advantages = np.zeros(len(trajectories), np.float32)
+        if not lost.all():  # the groups' statistics of the policy's own trajectories only
+            advantages[~lost] = losses.grpo_advantages(
+                rewards[~lost], group_ids[~lost], norm_by_std=cfg.norm_adv_by_std
+            )
         seqs = pad_trajectories(
             trajectories, pad_id=self.pad_id, multiple=cfg.pad_multiple, max_len=cfg.max_seq_len
         )
+        seqs.loss_mask[lost] = 0.0  # rows kept (shapes stay fixed), tokens never trained
         with _phase(seconds, "logprobs"):
             if self.on_policy:  # the update's own log-probs are "old": only probe the gap
                 probe = seqs.take(np.arange(min(cfg.gap_probe_rows, seqs.num_rows)))
@@ -297,7 +326,8 @@ class GRPOLoop:
             await self.sync(state.params, step)
 
         record: dict[str, Any] = rollout_metrics(trajectories, prefix="train/")
-        record.update(reward_metrics(rewards, "train"))
+        record.update(reward_metrics(rewards[~lost], "train"))
+        record["train/infra_failures"] = int(lost.sum())
         record.update(update_metrics)
         record["train/logprob_gap"] = gap
         record["train/advantage_abs"] = float(np.abs(advantages).mean())
