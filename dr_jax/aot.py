@@ -19,7 +19,6 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -30,8 +29,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from dr_jax.config import PolicyConfig, SamplerConfig
 from dr_jax.models import KVCache, ModelConfig, Policy
 from dr_jax.models.flops import matmul_params, training_flops_per_token
-from dr_jax.models.hf_io import read_config
 from dr_jax.models.policy import abstract_model
+from dr_jax.models.sources import resolve_config
 from dr_jax.sharding import batch_divisor, make_mesh
 
 GIB = 2**30
@@ -134,15 +133,9 @@ def abstract_policy(policy: PolicyConfig, model: ModelConfig) -> Policy:
 
 
 def model_config(policy: PolicyConfig) -> ModelConfig:
-    """The model config.json names; the tiny random model when the path is "tiny"."""
-    if policy.is_tiny:
-        return ModelConfig.tiny()
-    if not (Path(policy.path) / "config.json").is_file():
-        raise FileNotFoundError(
-            f"--policy.path {policy.path} has no config.json: --compile-only needs only that "
-            "file of the checkpoint"
-        )
-    return read_config(policy.path)
+    """The config of the model --policy.path names (a directory needs only its config.json);
+    the tiny random model when the path is "tiny"."""
+    return ModelConfig.tiny() if policy.is_tiny else resolve_config(policy.path)
 
 
 def sampler_programs(

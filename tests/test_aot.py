@@ -62,6 +62,22 @@ def test_a_compiler_refusal_is_reported_as_not_fitting(device):
     assert result.peak_bytes == 256 * 2**30  # the compiler's figure
 
 
-def test_a_config_without_config_json_is_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="only that"):
-        aot.model_config(PolicyConfig(path=str(tmp_path)))
+def test_the_config_comes_from_what_policy_path_accepts(tmp_path):
+    """A directory needs only its config.json, a .gguf file only its metadata; a directory
+    without config.json and a path that names nothing are refused, naming what is accepted."""
+    from gguf_files import small_bpe_tokenizer, write_gguf
+    from models_reference import random_hf_model
+
+    llama = random_hf_model("llama-gqa2-untied", vocab_size=300)
+    llama.config.to_json_file(tmp_path / "config.json")
+    from_dir = aot.model_config(PolicyConfig(path=str(tmp_path)))
+    spec = small_bpe_tokenizer()
+    gguf = write_gguf(tmp_path / "m.gguf", random_hf_model("llama-gqa2-untied",
+                      vocab_size=len(spec.tokens)), spec)  # fmt: skip
+    from_gguf = aot.model_config(PolicyConfig(path=str(gguf)))
+    assert (from_dir.num_layers, from_dir.num_kv_heads) == (from_gguf.num_layers, 2)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"config\.json: missing"):
+        aot.model_config(PolicyConfig(path=str(tmp_path / "empty")))
+    with pytest.raises(FileNotFoundError, match="catalog name or Hub id"):
+        aot.model_config(PolicyConfig(path=str(tmp_path / "no" / "such")))

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from dr_jax.models import catalog
+from dr_jax.models.config import ModelConfig
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
@@ -41,12 +42,29 @@ def resolve_model(path: str | Path) -> Path:
     )
 
 
-def _from_hub(repo_id: str) -> Path:
+def resolve_config(path: str | Path) -> ModelConfig:
+    """The ModelConfig of the model `path` names, reading as little as it can: a directory's
+    config.json, a .gguf file's metadata, a catalog model (fetched), a Hub id's config.json."""
+    from dr_jax.models.hf_io import read_config  # hf_io loads weights through this module
+
+    local = Path(path).expanduser()
+    if local.is_file() and local.suffix == ".gguf":
+        from dr_jax.models.gguf import GGUFModel
+
+        return GGUFModel(local).config
+    if local.is_dir() or local.is_file() or str(path) in catalog.CATALOG:
+        return read_config(resolve_model(path))
+    if _HUB_ID.fullmatch(str(path)) and not local.parent.is_dir():
+        return read_config(_from_hub(str(path), ["config.json"]))
+    return read_config(resolve_model(path))  # raises, naming what is accepted
+
+
+def _from_hub(repo_id: str, patterns: list[str] = _HUB_FILES) -> Path:
     """The Hub snapshot's local directory (weights, config and tokenizer files only)."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:  # huggingface_hub raises many kinds (HTTP, offline, not found)
         raise FileNotFoundError(
             f"{repo_id}: no such local path, and the Hugging Face Hub did not provide it "
