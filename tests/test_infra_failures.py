@@ -103,6 +103,9 @@ def test_lost_trajectories_leave_the_loss_and_the_group_statistics(tmp_path, qwe
     np.testing.assert_allclose(np.asarray(batch.advantages)[~lost, -1], expected, atol=1e-6)
     assert np.all(np.asarray(batch.advantages)[lost] == 0)
     assert record["train/reward"] == pytest.approx(rewards[~lost].mean()), "the policy's own"
+    # the tool executor's step: every trajectory searched once, over real HTTP
+    assert record["tools/calls/web_search"] == 8 and record["tools/requests"] >= 1
+    assert record["tools/latency_s/web_search/p50"] > 0
 
 
 def test_a_step_that_loses_too_many_stops_the_run_naming_the_flag(tmp_path, qwen_tokenizer):

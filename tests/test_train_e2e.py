@@ -146,6 +146,8 @@ def test_a_search_outage_becomes_an_observation_and_the_step_completes(tmp_path,
     _, record, samples = asyncio.run(run())
     assert record["train/tool_calls_mean"] == 1.0
     assert record["train/reward"] == 0.0, "well-formed answers score F1 0, not a crash"
+    errors = {k: v for k, v in record.items() if k.startswith("tools/errors/")}
+    assert sum(errors.values()) == 4, errors
     assert len(samples) == 4
     [_, observation, answer] = samples[0]["messages"]
     assert observation["role"] == "tool" and "error" in observation["content"].lower()

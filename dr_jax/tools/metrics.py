@@ -44,3 +44,23 @@ class ToolMetrics:
 def _nearest_rank(ordered: list[float], percent: int) -> float:
     """The percentile of sorted values by the nearest-rank rule: ordered[ceil(p n / 100) - 1]."""
     return ordered[max(0, -(-percent * len(ordered) // 100) - 1)]
+
+
+def step_metrics(before: dict, after: dict, prefix: str = "tools/") -> dict[str, float]:
+    """Flat scalars of what happened between two snapshots: calls per tool, errors by kind,
+    requests, retries, the cache hit rate (NaN with no lookups), and the latency percentiles of
+    the last `window` calls per tool."""
+
+    def delta(key: str) -> float:
+        return float(after.get(key, 0) - before.get(key, 0))
+
+    out = {f"{prefix}{k}": delta(k) for k in ("requests", "retries", "deduplicated")}
+    for group in ("calls", "errors"):
+        for name, count in after[group].items():
+            out[f"{prefix}{group}/{name}"] = float(count - before[group].get(name, 0))
+    lookups = delta("cache_hits") + delta("cache_misses")
+    out[f"{prefix}cache_hit_rate"] = delta("cache_hits") / lookups if lookups else float("nan")
+    for tool, stats in after["latency_s"].items():
+        for stat, seconds in stats.items():
+            out[f"{prefix}latency_s/{tool}/{stat}"] = seconds
+    return out

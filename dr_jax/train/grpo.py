@@ -39,6 +39,7 @@ from dr_jax.reward import deepresearcher_score
 from dr_jax.rollout import JaxSampler, rollout_metrics
 from dr_jax.rollout.sglang import SGLangError
 from dr_jax.rollout.trajectory import INFRA_FAILURES
+from dr_jax.tools.metrics import step_metrics
 from dr_jax.train import multihost
 from dr_jax.train.batching import PaddedSequences, minibatch_indices, pad_trajectories
 from dr_jax.train.config import GRPOConfig
@@ -283,6 +284,7 @@ class GRPOLoop:
         if self.before_rollout is not None:
             await self.before_rollout()
         busy = _sampler_busy(self.agent)
+        tools_before = _tool_snapshot(self.agent)
         with _phase(seconds, "rollout"):  # this host's share, then all-gathered
             trajectories = await multihost.rollout(
                 self.agent,
@@ -328,6 +330,8 @@ class GRPOLoop:
         record: dict[str, Any] = rollout_metrics(trajectories, prefix="train/")
         record.update(reward_metrics(rewards[~lost], "train"))
         record["train/infra_failures"] = int(lost.sum())
+        if tools_before is not None:  # this host's executor
+            record.update(step_metrics(tools_before, _tool_snapshot(self.agent)))
         record.update(update_metrics)
         record["train/logprob_gap"] = gap
         record["train/advantage_abs"] = float(np.abs(advantages).mean())
@@ -391,6 +395,12 @@ class GRPOLoop:
         if peak:
             out["perf/mfu"] = flops / learner_s / (peak * jax.device_count())
         return out
+
+
+def _tool_snapshot(agent: Any) -> dict | None:
+    """The agent's tool executor's counters (None for tools that keep none)."""
+    metrics = getattr(agent.tools, "metrics", None)
+    return metrics() if callable(metrics) else None
 
 
 def _sampler_busy(agent: Any) -> float | None:
