@@ -17,7 +17,9 @@ KLKind = Literal["k1", "k2", "k3", "abs"]
 AggMode = Literal[
     "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
 ]
+AdvantageKind = Literal["grpo", "drgrpo", "rloo"]
 AGG_MODES: tuple[str, ...] = AggMode.__args__
+ADVANTAGE_KINDS: tuple[str, ...] = AdvantageKind.__args__
 KL_KINDS: tuple[str, ...] = KLKind.__args__
 
 _LOG_RATIO_LIMIT = 20.0  # exp(20) ~ 5e8: ratios beyond this carry no signal, only overflow risk
@@ -91,6 +93,18 @@ def rloo_advantages(rewards: jax.Array, group_ids: jax.Array) -> jax.Array:
     count, total, _ = _group_stats(rewards, group_ids)
     baseline = jnp.where(count < 2, 0.0, (total - rewards) / jnp.maximum(count - 1.0, 1.0))
     return rewards - baseline
+
+
+def advantages(kind: AdvantageKind, rewards: jax.Array, group_ids: jax.Array) -> jax.Array:
+    """Outcome advantages f32[N] by name: "grpo" (group mean and std), "drgrpo" (group mean
+    only, Dr. GRPO) or "rloo" (leave-one-out mean)."""
+    if kind == "grpo":
+        return grpo_advantages(rewards, group_ids)
+    if kind == "drgrpo":
+        return grpo_advantages(rewards, group_ids, norm_by_std=False)
+    if kind == "rloo":
+        return rloo_advantages(rewards, group_ids)
+    raise ValueError(f"unknown advantage {kind!r}: use one of {', '.join(ADVANTAGE_KINDS)}")
 
 
 def kl_penalty(

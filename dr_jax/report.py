@@ -66,6 +66,7 @@ def svg_plot(title: str, series: Mapping[str, Sequence[tuple[float, float]]]) ->
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9}):
         fig, ax = plt.subplots(figsize=(3.7, 2.4))
@@ -74,6 +75,7 @@ def svg_plot(title: str, series: Mapping[str, Sequence[tuple[float, float]]]) ->
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=name)
         ax.set_title(title)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if len(series) > 1:
             ax.legend(fontsize=7)
@@ -163,12 +165,13 @@ def render_observation(message: Mapping[str, str]) -> str:
 
 
 def render_trajectory(record: Mapping[str, Any], phase: str) -> str:
-    """One trajectory card; its data-* attributes are what the filters read."""
+    """One trajectory card; its data-* attributes are what the filters read. `phase`: "step"
+    (a GRPO step's), "untuned" (the validation before the warm start) or "eval"."""
     reward = record.get("reward", record.get("f1"))
     f1 = record.get("f1")
     source = record.get("data_source") or "unknown"
     split = record.get("split", "")
-    step = record.get("step", "")
+    when = {"step": f"step {record.get('step')}", "eval": ""}.get(phase, phase)
     turns = []
     for message in messages_of(record):
         if message.get("role") == "assistant":
@@ -176,19 +179,20 @@ def render_trajectory(record: Mapping[str, Any], phase: str) -> str:
         else:
             turns.append(render_observation(message))
     gold = " | ".join(str(g) for g in record.get("gold") or [])
+    predicted = record.get("prediction") or "–"
     head = [
-        f'<span class="step">{_e(phase)} {_e(step)}</span>' if step != "" else "",
+        f'<span class="step">{_e(when)}</span>' if when else "",
         f'<span class="tag">{_e(split)}</span>' if split else "",
         f'<span class="tag">{_e(source)}</span>',
         f'<span class="score">reward {_fmt(reward)} · F1 {_fmt(f1)}</span>',
         f'<span class="tag">{_e(record.get("finish_reason", ""))}</span>',
     ]
     return (
-        f'<article class="traj" data-step="{_e(f"{phase} {step}")}" data-source="{_e(source)}"'
+        f'<article class="traj" data-step="{_e(when)}" data-source="{_e(source)}"'
         f' data-reward="{_e(reward if reward is not None else "")}">'
         f"<header>{''.join(head)}</header>"
         f'<div class="q">{_e(record.get("question", ""))}</div>'
-        f'<div class="gold">gold: {_e(gold)} · predicted: {_e(record.get("prediction"))}</div>'
+        f'<div class="gold">gold: {_e(gold)} · predicted: {_e(predicted)}</div>'
         f"{''.join(turns)}</article>"
     )
 
@@ -200,7 +204,7 @@ def _fmt(value: Any) -> str:
 def sample_files(run_dir: Path) -> list[tuple[str, Path]]:
     """(phase, file) of every trajectory file of the run, in order: the untuned model's
     validation, the GRPO steps, or an evaluation's samples.jsonl."""
-    files = [("warm start", p) for p in sorted((run_dir / "sft" / "samples").glob("*.jsonl"))]
+    files = [("untuned", p) for p in sorted((run_dir / "sft" / "samples").glob("*.jsonl"))]
     files += [("step", p) for p in sorted((run_dir / "samples").glob("step_*.jsonl"))]
     if (run_dir / "samples.jsonl").exists():
         files.append(("eval", run_dir / "samples.jsonl"))
@@ -219,7 +223,7 @@ def trajectory_cards(run_dir: Path, per_step: int) -> tuple[list[str], int]:
             group = str(record.get("data_source" if phase == "eval" else "split", ""))
             if shown.get(group, 0) < per_step:
                 shown[group] = shown.get(group, 0) + 1
-                cards.append(render_trajectory(record, phase if phase != "eval" else ""))
+                cards.append(render_trajectory(record, phase))
         left = len(records) - sum(shown.values())
         if left:
             rel = path.relative_to(run_dir).as_posix()

@@ -143,6 +143,23 @@ def test_rloo_matches_numpy_and_hand_case():
     np.testing.assert_allclose(got, np_rloo(rewards, groups), rtol=1e-5, atol=1e-6)
 
 
+def test_advantages_by_name_are_the_three_estimators():
+    """What --grpo.advantage selects."""
+    groups = RNG.permutation(np.repeat([7, 8], [4, 3]))
+    rewards = RNG.uniform(-1, 1, groups.size)
+    r, g = jnp.asarray(rewards, jnp.float32), jnp.asarray(groups)
+    expected = {
+        "grpo": np_grpo(rewards, groups, norm_by_std=True),
+        "drgrpo": np_grpo(rewards, groups, norm_by_std=False),
+        "rloo": np_rloo(rewards, groups),
+    }
+    assert set(expected) == set(losses.ADVANTAGE_KINDS)
+    for kind, want in expected.items():
+        np.testing.assert_allclose(losses.advantages(kind, r, g), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="grpo, drgrpo, rloo"):
+        losses.advantages("ppo", r, g)
+
+
 # ---- KL ----------------------------------------------------------------------------------------
 
 

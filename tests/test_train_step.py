@@ -155,6 +155,19 @@ def test_loss_config_names_the_valid_choices():
         LossConfig(kl_kind="kl")
 
 
+def test_dr_grpo_aggregation_needs_a_constant_length(setup):
+    """A padded length would rescale the loss with every batch; a run uses --grpo.max-seq-len."""
+    from dr_jax.train.config import TrainConfig
+    from dr_jax.train.run import make_learner
+
+    policy = setup[0]
+    drgrpo = dataclasses.replace(LOSS, agg="seq-mean-token-sum-norm")
+    with pytest.raises(ValueError, match="agg_norm, a constant length"):
+        Learner(policy, OPTIM, drgrpo)
+    config = TrainConfig(loss=dataclasses.replace(drgrpo, kl_coef=0.0, temperature=0.5))
+    assert make_learner(config, policy, None).loss.agg_norm == config.grpo.max_seq_len
+
+
 def test_warmup_then_cosine_schedule():
     sched = lr_schedule(OptimConfig(lr=1.0, warmup_steps=4, schedule="cosine", total_steps=12))
     assert [float(sched(s)) for s in (0, 2, 4)] == pytest.approx([0.0, 0.5, 1.0])

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dr_jax.config import PolicyConfig, SamplerConfig
+from dr_jax.losses import AdvantageKind
 from dr_jax.rollout.prompts import PromptConfig
 from dr_jax.tools import ToolsConfig
 from dr_jax.train.metrics import MetricsConfig
@@ -34,8 +35,10 @@ class GRPOConfig:
     """Optimizer updates per epoch over the step's trajectories (DeepResearcher: 1)."""
     epochs: int = 1
     """Passes over the step's trajectories (DeepResearcher: 1)."""
-    norm_adv_by_std: bool = True
-    """GRPO: divide by the group's std (False gives Dr.GRPO's mean-only baseline)."""
+    advantage: AdvantageKind = "grpo"
+    """Outcome advantages within each group: grpo (reward minus the group mean, over the group
+    std; DeepResearcher), drgrpo (minus the mean only; pair it with --loss.agg
+    seq-mean-token-sum-norm), rloo (minus the mean of the other rollouts)."""
     tis_cap: float = 0.0
     """Truncated importance sampling: scale token advantages by min(exp(old - sampler), cap).
     Use it when rollout log-probs come from another engine (SGLang); 0 turns it off."""

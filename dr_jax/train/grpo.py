@@ -300,9 +300,7 @@ class GRPOLoop:
         group_ids = np.array([t.group_id for t in trajectories], np.int32)
         advantages = np.zeros(len(trajectories), np.float32)
         if not lost.all():  # the groups' statistics of the policy's own trajectories only
-            advantages[~lost] = losses.grpo_advantages(
-                rewards[~lost], group_ids[~lost], norm_by_std=cfg.norm_adv_by_std
-            )
+            advantages[~lost] = losses.advantages(cfg.advantage, rewards[~lost], group_ids[~lost])
         seqs = pad_trajectories(
             trajectories, pad_id=self.pad_id, multiple=cfg.pad_multiple, max_len=cfg.max_seq_len
         )

@@ -77,11 +77,13 @@ def world_questions(world: World, split: str, sources: tuple[str, ...] | None) -
 
 
 def make_learner(config: TrainConfig, policy: Policy, mesh: Any) -> Learner:
-    g = config.grpo
+    g, loss = config.grpo, config.loss
+    if loss.agg == "seq-mean-token-sum-norm" and loss.agg_norm is None:
+        loss = dataclasses.replace(loss, agg_norm=float(g.max_seq_len))  # Dr. GRPO's constant
     return Learner(
         policy,
         optim=config.optim,
-        loss=config.loss,
+        loss=loss,
         mesh=mesh,
         micro_batch_size=g.micro_batch_size or None,
         logprob_chunk=g.logprob_chunk or 512,

@@ -51,7 +51,7 @@ class LossConfig:
     kl_clamp: float | None = 10.0  # clamp of the per-token KL estimate
     entropy_coef: float = 0.001  # weight of the entropy bonus (subtracted from the loss)
     agg: losses.AggMode = "token-mean"  # how per-token terms become a scalar
-    agg_norm: float | None = None  # seq-mean-token-sum-norm: constant length (None: padded T)
+    agg_norm: float | None = None  # seq-mean-token-sum-norm's constant (train: None = max_seq_len)
     temperature: float = 1.0  # sampling temperature the log-probs are computed at
 
     def __post_init__(self) -> None:
@@ -63,6 +63,8 @@ class LossConfig:
             raise ValueError(f"clip_c={self.clip_c} must be > 1 (or None to disable dual clip)")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0 (the sampler's temperature)")
+        if self.agg_norm is not None and self.agg_norm <= 0:
+            raise ValueError(f"agg_norm={self.agg_norm} must be > 0")
 
 
 class TrainBatch(NamedTuple):
@@ -121,6 +123,11 @@ class Learner:
                 f"data*fsdp={self._divisor} (the mesh splits every micro-batch's rows)"
             )
         self.micro_batch_size = micro_batch_size
+        if self.loss.agg == "seq-mean-token-sum-norm" and self.loss.agg_norm is None:
+            raise ValueError(
+                "seq-mean-token-sum-norm needs LossConfig.agg_norm, a constant length (the "
+                "padded length would change the loss's scale with every batch)"
+            )
         self.tx = make_optimizer(self.optim)
         self._schedule = lr_schedule(self.optim)
 
