@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from dr_jax.tools.bm25 import BM25Index, query_words, top_k
 from dr_jax.tools.config import SERPER_URL, ToolsConfig
 from dr_jax.tools.errors import ToolError, ToolsSetupError
 from dr_jax.tools.extract import Document
@@ -176,14 +177,7 @@ def build_index(corpus_path: str | Path, out_dir: str | Path) -> int:
             )
     if not docs:
         raise ValueError(f"{corpus_path} holds no documents")
-    import bm25s
-
-    tokens = bm25s.tokenize(
-        [f"{d['title']}\n{d['text']}" for d in docs], stopwords="en", show_progress=False
-    )
-    retriever = bm25s.BM25()
-    retriever.index(tokens, show_progress=False)
-    retriever.save(str(out_dir), corpus=docs, show_progress=False)
+    BM25Index.build([f"{d['title']}\n{d['text']}" for d in docs]).save(out_dir, docs)
     return len(docs)
 
 
@@ -194,7 +188,8 @@ class LocalBM25Backend:
 
     def __init__(self, index_dir: str) -> None:
         self._dir = index_dir
-        self._retriever = None
+        self._index: BM25Index | None = None
+        self._docs: list[dict] = []
         self._by_url: dict[str, dict] = {}
 
     async def start(self, client: HttpClient) -> None:
@@ -203,34 +198,15 @@ class LocalBM25Backend:
                 f"no BM25 index at {self._dir}: build it with "
                 "`python -m dr_jax.tools index CORPUS.jsonl OUT_DIR`"
             )
-        import bm25s
+        self._index, self._docs = await asyncio.to_thread(BM25Index.load, self._dir)
+        self._by_url = {doc["url"]: doc for doc in self._docs}
 
-        self._retriever = await asyncio.to_thread(
-            bm25s.BM25.load, self._dir, load_corpus=True, show_progress=False
-        )
-        self._by_url = {doc["url"]: doc for doc in self._retriever.corpus}
-
-    def _search(self, query: str, top_k: int) -> list[SearchHit]:
-        import bm25s
-
-        assert self._retriever is not None, "LocalBM25Backend.start() was not awaited"
-        vocab = self._retriever.vocab_dict
-        words = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)
-        words = [[w for w in words[0] if w in vocab]]
-        if not words[0]:
-            return []
-        k = min(top_k, len(self._retriever.corpus))
-        docs, scores = self._retriever.retrieve(
-            words,
-            corpus=self._retriever.corpus,
-            k=k,
-            show_progress=False,
-            backend_selection="numpy",
-        )
+    def _search(self, query: str, k: int) -> list[SearchHit]:
+        assert self._index is not None, "LocalBM25Backend.start() was not awaited"
+        scores = self._index.scores(query_words(query))
         return [
             SearchHit(doc["title"], doc["url"], _snippet(doc["text"]))
-            for doc, score in zip(docs[0], scores[0], strict=True)
-            if score > 0
+            for doc in (self._docs[i] for i in top_k(scores, k))
         ]
 
     async def search(self, client: HttpClient, query: str, top_k: int) -> list[SearchHit]:

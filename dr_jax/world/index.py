@@ -9,19 +9,14 @@ import functools
 import html
 import re
 import threading
-from typing import TYPE_CHECKING
 
-import numpy as np
-
-if TYPE_CHECKING:
-    import bm25s
+from dr_jax.tools.bm25 import BM25Index, query_words, top_k
 
 _BLOCK = re.compile(r"</?(?:h\d|p|li|ul|caption|tr|article)\b[^>]*>")
 _TAG = re.compile(r"<[^>]+>")
 _INFOBOX = re.compile(r"<table.*?</table>", re.S)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _WORD = re.compile(r"\w\w+")
-TOKEN_PATTERN = r"\w\w+"  # bm25s' default without its \b anchors: same tokens, faster
 
 
 def _article(page_html: str) -> str:
@@ -63,14 +58,6 @@ def snippet(parts: list[tuple[str, frozenset[str]]], query: str, max_chars: int 
     return out if len(out) <= max_chars else out[: max_chars - 3].rsplit(" ", 1)[0] + "..."
 
 
-def _query_words(query: str) -> list[str]:
-    import bm25s
-
-    return bm25s.tokenize(
-        [query], token_pattern=TOKEN_PATTERN, stopwords="en", return_ids=False, show_progress=False
-    )[0]
-
-
 class SearchIndex:
     """BM25 (Lucene variant, English stop words) over titles and article text; thread-safe.
 
@@ -85,49 +72,23 @@ class SearchIndex:
         self.paths = list(pages)
         self.titles = titles
         self._pages = pages
-        self._text = self._build(
+        self._text = BM25Index.build(
             [f"{titles[p]} {html.unescape(_TAG.sub(' ', _article(pages[p])))}" for p in self.paths]
         )
-        self._title = self._build([titles[p] for p in self.paths])
+        self._title = BM25Index.build([titles[p] for p in self.paths])
         self._lock = threading.Lock()
         self._head = functools.lru_cache(maxsize=4096)(self._head_sentences)
 
     def _head_sentences(self, path: str) -> list[tuple[str, frozenset[str]]]:
         return sentences(page_text(self._pages[path])[: self.SNIPPET_CHARS])
 
-    @staticmethod
-    def _build(corpus: list[str]) -> tuple["bm25s.BM25", dict[str, int]]:
-        import bm25s  # deferred: it imports jax (seconds), which page generation never needs
-
-        tokens = bm25s.tokenize(
-            corpus, token_pattern=TOKEN_PATTERN, stopwords="en", show_progress=False
-        )
-        bm25 = bm25s.BM25()
-        bm25.index(tokens, show_progress=False)
-        return bm25, tokens.vocab
-
-    @staticmethod
-    def _scores(index: tuple["bm25s.BM25", dict[str, int]], words: list[str]) -> np.ndarray:
-        bm25, vocab = index
-        ids = [vocab[w] for w in words if w in vocab]
-        if not ids:
-            return np.zeros(bm25.scores["num_docs"], dtype=np.float32)
-        return bm25.get_scores(ids)
-
     def search(self, query: str, k: int = 10) -> list[dict[str, str]]:
         """Top-`k` pages as SearXNG results: {"title", "url" (a path), "content", "score"}."""
-        words = _query_words(query)
+        words = query_words(query)
         with self._lock:
-            scores = self._scores(self._text, words) + self.TITLE_WEIGHT * self._scores(
-                self._title, words
-            )
-        k = min(k, len(self.paths))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.lexsort((top, -scores[top]))]  # by score, ties by page order
+            scores = self._text.scores(words) + self.TITLE_WEIGHT * self._title.scores(words)
         results = []
-        for doc in top:
-            if scores[doc] <= 0:
-                break
+        for doc in top_k(scores, k):
             path = self.paths[int(doc)]
             results.append(
                 {
