@@ -14,6 +14,7 @@ from dr_jax.data import (
     examples_from_questions,
     load_dataset,
 )
+from dr_jax.world.export import export_world
 
 TEST_COMPOSITION = {"2wiki": 512, "popqa": 512, "tq": 512, "hotpotqa": 512, "nq": 512,
                     "musique": 512, "Bamboogle": 125}  # fmt: skip
@@ -82,7 +83,7 @@ def test_world_export_loads_like_its_questions(tmp_path):
     from dr_jax.world import World
 
     world = World.generate(seed=3, size=40)
-    world.export(tmp_path)
+    export_world(world, tmp_path)
     for split in ("train", "dev", "test"):
         expected = examples_from_questions(world.split(split))
         assert load_dataset(tmp_path, split=split) == expected

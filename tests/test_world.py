@@ -12,6 +12,7 @@ import pytest
 from dr_jax.tools.extract import extract_document, split_windows
 from dr_jax.tools.fetch import Fetched
 from dr_jax.world import Question, World, WorldServer
+from dr_jax.world.export import export_world
 from dr_jax.world.index import page_text
 from dr_jax.world.oracle import search_query
 from dr_jax.world.pages import MAX_BACKLINKS, format_value
@@ -200,7 +201,7 @@ def test_server_starts_in_seconds_and_restarts():
 
 
 def test_export_writes_deepresearcher_parquet_jsonl_and_pages(world, tmp_path, data_dir):
-    out = world.export(tmp_path)
+    out = export_world(world, tmp_path)
     reference = pq.read_schema(data_dir / "deepresearcher" / "dev.parquet")
     for split in ("train", "dev", "test"):
         table = pq.read_table(out / f"{split}.parquet")

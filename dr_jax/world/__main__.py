@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from dr_jax.world.export import export_world
 from dr_jax.world.server import WorldServer
 from dr_jax.world.world import World
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demos":
         return _write_demos(world, args.split, Path(args.out))
     if args.command == "export":
-        out = world.export(args.out)
+        out = export_world(world, args.out)
         counts = ", ".join(f"{s}={len(world.split(s))}" for s in ("train", "dev", "test"))
         print(f"wrote {len(world.pages)} pages and questions ({counts}) to {out}")
         return 0

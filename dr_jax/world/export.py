@@ -6,17 +6,14 @@ extra_info), so any reader of DeepResearcher's dev/test files reads these too.
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-if TYPE_CHECKING:
-    from dr_jax.world.world import World
-
+from dr_jax.reward import ANSWER_SPLIT
 from dr_jax.world.questions import Question
+from dr_jax.world.world import World
 
-ANSWER_SPLIT = "<|answer_split|>"
 ABILITY = "search & question answering"
 SCHEMA = pa.schema(
     [
@@ -51,8 +48,9 @@ def jsonl_row(q: Question) -> dict:
     }
 
 
-def export_world(world: "World", out: Path) -> Path:
+def export_world(world: World, out: str | Path) -> Path:
     """out/pages/<slug>.html, out/{train,dev,test}.parquet and out/{train,dev,test}.jsonl."""
+    out = Path(out)
     pages = out / "pages"
     pages.mkdir(parents=True, exist_ok=True)
     for path, page in world.pages.items():

@@ -7,9 +7,9 @@ needs one page per entity on the path. A comparison question needs the same fact
 """
 
 import random
-import string
 from dataclasses import dataclass, field
 
+from dr_jax.reward import normalize_answer
 from dr_jax.world.generator import ATTRIBUTES, RELATIONS, Entity
 from dr_jax.world.pages import article, format_value
 
@@ -137,15 +137,9 @@ COMPARE_NAME = {
 }  # fmt: skip
 
 
-def normalize(text: str) -> str:
-    """Lower-case, punctuation to spaces, collapsed whitespace (the reward's word view)."""
-    text = text.lower().translate(str.maketrans(string.punctuation, " " * len(string.punctuation)))
-    return " ".join(text.split())
-
-
 def contains_words(haystack: str, needle: str) -> bool:
     """Whether `needle` occurs in `haystack` as whole words after normalisation."""
-    return f" {normalize(needle)} " in f" {normalize(haystack)} "
+    return f" {normalize_answer(needle)} " in f" {normalize_answer(haystack)} "
 
 
 class QuestionFactory:

@@ -2,7 +2,6 @@
 
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 from dr_jax.world.generator import Entity, WorldSpec, generate_entities
 from dr_jax.world.index import SearchIndex
@@ -73,9 +72,3 @@ class World:
             f"<p>{len(self.pages)} articles about a fictional world.</p>"
             '<form action="/search"><input name="q"></form></body></html>'
         )
-
-    def export(self, out_dir: str | Path) -> Path:
-        """Write pages/*.html, {train,dev,test}.parquet (DeepResearcher schema) and .jsonl."""
-        from dr_jax.world.export import export_world
-
-        return export_world(self, Path(out_dir))
