@@ -23,6 +23,7 @@ import functools
 import json
 import multiprocessing
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -30,11 +31,13 @@ import httpx
 import trafilatura
 from report import print_summary, print_table
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from loopback import LoopbackServer, Reply, Request
+
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
 from dr_jax.tools.calls import ToolCall
 from dr_jax.tools.extract import extract_document, split_windows
 from dr_jax.tools.fetch import Fetched
-from dr_jax.tools.loopback import LoopbackServer, Reply, Request
 from dr_jax.tools.workers import Extractor
 
 PAGES_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "pages"

@@ -7,13 +7,13 @@ import json
 import logging
 
 import pytest
+from loopback import LoopbackServer, Reply, Request
 
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession, ToolsSetupError
 from dr_jax.tools.__main__ import main
 from dr_jax.tools.calls import ToolCall
 from dr_jax.tools.errors import ToolError
 from dr_jax.tools.extract import split_windows
-from dr_jax.tools.loopback import LoopbackServer, Reply, Request
 from dr_jax.tools.observations import (
     PageResult,
     QueryResult,

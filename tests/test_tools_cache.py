@@ -9,11 +9,11 @@ import textwrap
 import time
 
 import pytest
+from loopback import LoopbackServer, Reply, Request
 
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession, ToolsSetupError
 from dr_jax.tools.cache import MemoryCache, ToolCache
 from dr_jax.tools.calls import ToolCall
-from dr_jax.tools.loopback import LoopbackServer, Reply, Request
 
 PAGE = (
     b"<html><head><title>Owls</title></head><body><article>"

@@ -11,10 +11,10 @@ import time
 from collections import Counter
 
 import pytest
+from loopback import LoopbackServer, Reply, Request
 
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
 from dr_jax.tools.calls import ToolCall
-from dr_jax.tools.loopback import LoopbackServer, Reply, Request
 
 ARTICLE = (
     "<html><head><title>Harbor history</title></head><body><nav>Home | About | Login</nav>"

@@ -10,11 +10,11 @@ import zlib
 
 import certifi
 import pytest
+from loopback import LoopbackServer, Reply, Request
 
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
 from dr_jax.tools.calls import ToolCall
 from dr_jax.tools.http import HttpClient, HttpError
-from dr_jax.tools.loopback import LoopbackServer, Reply, Request
 
 TEXT = b"<html><body><article><p>The pier was rebuilt in 1907.</p></article></body></html>"
 

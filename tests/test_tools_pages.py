@@ -4,10 +4,10 @@ import asyncio
 import json
 
 import pytest
+from loopback import LoopbackServer, Reply, Request
 
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession, workers
 from dr_jax.tools.calls import ToolCall
-from dr_jax.tools.loopback import LoopbackServer, Reply, Request
 
 # page file -> (a sentence of the article, navigation/boilerplate text present in the HTML)
 PAGES = {

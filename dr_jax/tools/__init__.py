@@ -15,7 +15,6 @@
     observations.py  compact JSON or DeepResearcher's Python-repr rendering
     metrics.py       calls, errors by kind, retries, cache hits, latency percentiles
     errors.py        ToolsSetupError (raised at start-up) and ToolError (observed)
-    loopback.py      a small 127.0.0.1 HTTP server for tests, benchmarks and fault injection
     __main__.py      python -m dr_jax.tools search | browse | index
 
 Names are imported on first use, so `dr_jax.tools.calls` or the extraction workers do not pay
