@@ -131,7 +131,9 @@ def test_keeps_the_last_n_and_round_trips_extra_state(tmp_path):
 
 
 def test_directory_of_another_configuration_is_refused(tmp_path):
-    Checkpointer(tmp_path, fingerprint=FINGERPRINT).close()
+    Checkpointer(tmp_path, fingerprint={**FINGERPRINT, "lr": 1.0}).close()  # a failed start
+    with Checkpointer(tmp_path, fingerprint=FINGERPRINT) as ckpt:  # the corrected command
+        ckpt.save(small_state(1.0, 1))
     Checkpointer(tmp_path, fingerprint=dict(FINGERPRINT)).close()  # same config: fine
     with pytest.raises(ValueError, match=r"another configuration \(differs in: lr\)"):
         Checkpointer(tmp_path, fingerprint={**FINGERPRINT, "lr": 3e-4})

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -26,6 +27,7 @@ from dr_jax.train.grpo import GRPOLoop
 from dr_jax.train.metrics import MetricsConfig, MetricsWriter, read_jsonl
 from dr_jax.train.optim import OptimConfig
 from dr_jax.train.run import load_questions, train
+from dr_jax.train.state import TrainState
 from dr_jax.train.step import Learner, LossConfig
 from dr_jax.world import World, WorldServer
 
@@ -89,10 +91,22 @@ def test_two_steps_checkpoint_resume_one_more_step(tmp_path):
 
 def test_a_checkpoint_directory_of_another_config_is_refused(tmp_path):
     config = tiny_config(tmp_path)
-    Checkpointer(tmp_path / "checkpoints", fingerprint=config.fingerprint()).close()
+    with Checkpointer(tmp_path / "checkpoints", fingerprint=config.fingerprint()) as ckpt:
+        ckpt.save(TrainState(params={}, opt_state={}, step=jnp.int32(1), rng=jnp.zeros(2)))
     other = config.replace(optim=OptimConfig(lr=5e-4))
     with pytest.raises(ValueError, match=r"another configuration.*optim"):
         asyncio.run(train(other))
+
+
+def test_a_failed_start_leaves_the_directory_to_the_corrected_command(tmp_path):
+    """A typo in --policy.path fails before any checkpoint: nothing ties the directory to it."""
+    from dr_jax.config import PolicyConfig
+
+    typo = tiny_config(tmp_path, policy=PolicyConfig(path=str(tmp_path / "no-such-model")))
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        asyncio.run(train(typo))
+    assert not (tmp_path / "checkpoints" / "fingerprint.json").exists()
+    Checkpointer(tmp_path / "checkpoints", fingerprint=tiny_config(tmp_path).fingerprint()).close()
 
 
 class ScriptedSampler:

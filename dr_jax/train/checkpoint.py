@@ -31,8 +31,9 @@ def _abstract(tree: Any) -> Any:
 class Checkpointer:
     """Keeps the last `keep` checkpoints of one run in `directory`.
 
-    `fingerprint` (any JSON-able dict, e.g. the model and loss configs) is written on first use
-    and compared on every later one: resuming a run with another configuration is refused.
+    `fingerprint` (any JSON-able dict, e.g. the model and loss configs) is written with the first
+    checkpoint and compared on every later start: resuming a run with another configuration is
+    refused, while a start that failed before saving anything leaves the directory free.
     """
 
     def __init__(
@@ -44,7 +45,8 @@ class Checkpointer:
     ) -> None:
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._check_fingerprint(json.loads(json.dumps(fingerprint or {}, default=str)))
+        self._fingerprint = json.loads(json.dumps(fingerprint or {}, default=str))
+        self._check_fingerprint()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True
         )
@@ -52,8 +54,8 @@ class Checkpointer:
             self.directory, options=options, item_names=("state", "extra")
         )
 
-    def _check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
-        path = self.directory / _FINGERPRINT
+    def _check_fingerprint(self) -> None:
+        path, fingerprint = self.directory / _FINGERPRINT, self._fingerprint
         if path.exists():
             stored = json.loads(path.read_text())
             if stored != fingerprint:
@@ -65,15 +67,19 @@ class Checkpointer:
                     f"configuration (differs in: {', '.join(changed)}); resume with the same "
                     "configuration or choose a new directory"
                 )
-        elif jax.process_index() == 0:
+
+    def _write_fingerprint(self) -> None:
+        path = self.directory / _FINGERPRINT
+        if jax.process_index() == 0 and not path.exists():
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
+            tmp.write_text(json.dumps(self._fingerprint, indent=2, sort_keys=True))
             os.replace(tmp, path)
 
     def save(self, state: TrainState, extra: dict[str, Any] | None = None) -> None:
         """Starts saving `state` (at its own step number) and `extra`; returns once the arrays
         are safe to donate to the next step."""
         step = int(jax.device_get(state.step))
+        self._write_fingerprint()
         self._manager.save(
             step,
             args=ocp.args.Composite(
