@@ -449,8 +449,12 @@ def test_cli_browse_prints_design_json(web, capsys):
 
 
 def test_cli_browse_refuses_loopback_unless_allowed(web, capsys):
-    assert main(["browse", f"{web.server.url}/page0"]) == 0
-    assert "loopback" in json.loads(capsys.readouterr().out)[0]["error"]
+    """Every URL refused: exit 1, and the error names the flag that allows the host."""
+    assert main(["browse", f"{web.server.url}/page0"]) == 1
+    error = json.loads(capsys.readouterr().out)[0]["error"]
+    assert "loopback" in error and "--allow-host 127.0.0.1" in error
+    one_good = [f"{web.server.url}/page0", "http://10.0.0.1/x", "--allow-host", "127.0.0.1"]
+    assert main(["browse", *one_good]) == 0, "one page read is a success"
 
 
 def test_cli_search_and_index(web, tmp_path, capsys):

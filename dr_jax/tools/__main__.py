@@ -142,7 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.format == "json":
         text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
     print(text)
-    return 0
+    return 1 if _every_url_failed(args, text) else 0
+
+
+def _every_url_failed(args: argparse.Namespace, text: str) -> bool:
+    """A browse whose every URL got an error (the observation then holds errors only)."""
+    if args.command != "browse" or args.format != "json":
+        return False
+    pages = json.loads(text)
+    return bool(pages) and all(isinstance(p, dict) and p.get("error") for p in pages)
 
 
 if __name__ == "__main__":

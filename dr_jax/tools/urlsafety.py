@@ -69,4 +69,8 @@ def _refuse(
         return
     reason = _forbidden(address)
     if reason:
-        raise ToolError("unsafe_url", f"refused {url!r}: {host} is a {reason} address ({address})")
+        raise ToolError(
+            "unsafe_url",
+            f"refused {url!r}: {host} is a {reason} address ({address}); to allow it, name the "
+            f"host in --tools.allow-hosts (python -m dr_jax.tools: --allow-host {host})",
+        )
