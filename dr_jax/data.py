@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import tyro
 
+from dr_jax import cli
 from dr_jax.reward import ANSWER_SPLIT
 
 SUFFIXES = (".parquet", ".jsonl")
@@ -138,7 +139,10 @@ def _resolve(path: Path, split: str | None) -> Path:
         raise FileNotFoundError(f"dataset {path} does not exist")
     available = sorted(p.name for p in path.iterdir() if p.suffix in SUFFIXES)
     if split is None:
-        raise DataError(f"{path} is a directory: pass split= (one of its files: {available})")
+        raise DataError(
+            f"{path} is a directory: pass split= (--split on the command line; one of its "
+            f"files: {available})"
+        )
     for suffix in SUFFIXES:
         if (candidate := path / f"{split}{suffix}").is_file():
             return candidate
@@ -279,4 +283,4 @@ def main(
 
 
 if __name__ == "__main__":
-    tyro.cli(main)
+    cli.run(lambda argv: tyro.cli(main, args=argv))

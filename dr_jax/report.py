@@ -23,6 +23,7 @@ from typing import Any
 
 import tyro
 
+from dr_jax import cli
 from dr_jax.rollout.parse import parse_turn
 from dr_jax.train.metrics import read_jsonl
 
@@ -383,4 +384,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

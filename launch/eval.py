@@ -18,6 +18,7 @@ from typing import Annotated
 
 import tyro
 
+from dr_jax import cli
 from dr_jax.aot import compile_eval
 from dr_jax.eval import EvalConfig, ScoreConfig, evaluate, render_markdown, score_results
 
@@ -49,4 +50,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

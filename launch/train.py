@@ -1,6 +1,6 @@
 """Train a deep-research policy with GRPO.
 
-    python launch/train.py                      # embedded default: tiny policy, offline world, CPU
+    python launch/train.py                      # embedded default: SmolLM2, offline world, CPU
     python launch/train.py --grpo.steps 20      # any field of TrainConfig (see --help)
     python launch/train.py --preset deepresearcher --policy.path Qwen/Qwen2.5-7B-Instruct-dir \\
         --data.source data/ --tools.reader-url URL --tools.reader-model qwen-plus --mesh 4x4
@@ -16,6 +16,7 @@ import sys
 
 import tyro
 
+from dr_jax import cli
 from dr_jax.aot import compile_train
 from dr_jax.train.config import TrainConfig, deepresearcher_preset, embedded_preset
 from dr_jax.train.metrics import run_summary
@@ -57,4 +58,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

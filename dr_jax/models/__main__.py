@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dr_jax import cli
 from dr_jax.models import catalog
 
 
@@ -36,4 +37,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

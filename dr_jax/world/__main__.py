@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from dr_jax import cli
 from dr_jax.world.export import export_world
 from dr_jax.world.server import WorldServer
 from dr_jax.world.world import World
@@ -66,4 +67,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))
