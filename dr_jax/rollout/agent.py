@@ -11,7 +11,7 @@ only that trajectory (finish reason "sampler_error"), a failing tool becomes an 
 import asyncio
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -106,24 +106,32 @@ class Agent:
         )
 
     async def rollout(
-        self, questions: Sequence[str], n_samples: int = 1, seed: int = 0
+        self,
+        questions: Sequence[str],
+        n_samples: int = 1,
+        seed: int = 0,
+        *,
+        only: Sequence[int] | None = None,
+        on_done: Callable[[Trajectory], None] | None = None,
     ) -> list[Trajectory]:
         """`n_samples` trajectories per question, all concurrently; ordered by (question,
-        sample), with group_id = question index."""
+        sample), with group_id = question index. `only`: just the trajectories of these indices
+        k = question * n_samples + sample (a host's share); `on_done` sees each as it ends."""
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         limit = asyncio.Semaphore(self.config.max_concurrent)
         prompts = [self.prompt_ids(q) for q in questions]
 
-        async def one(group: int, sample: int) -> Trajectory:
+        async def one(k: int) -> Trajectory:
+            group, sample = divmod(k, n_samples)
             async with limit:
-                return await self.run(questions[group], prompts[group], group, sample, seed)
+                trajectory = await self.run(questions[group], prompts[group], group, sample, seed)
+            if on_done is not None:
+                on_done(trajectory)
+            return trajectory
 
-        return list(
-            await asyncio.gather(
-                *(one(g, s) for g in range(len(questions)) for s in range(n_samples))
-            )
-        )
+        indices = range(len(questions) * n_samples) if only is None else only
+        return list(await asyncio.gather(*(one(k) for k in indices)))
 
     def prompt_ids(self, question: str) -> list[int]:
         return self.template.prompt_ids(self.tokenizer, question, today=self.config.today)

@@ -146,7 +146,7 @@ async def validate(
     start = time.perf_counter()
     say(f"validating on {len(examples)} dev questions ...")
     trajectories = await multihost.rollout(
-        agent, [e.question for e in examples], 1, rollout_seed(seed, -1)
+        agent, [e.question for e in examples], 1, rollout_seed(seed, -1), desc="validation"
     )
     rewards = score_trajectories(trajectories, [e.answers for e in examples])
     lost = np.array([t.finish_reason in INFRA_FAILURES for t in trajectories], bool)
@@ -291,6 +291,7 @@ class GRPOLoop:
                 [e.question for e in examples],
                 cfg.group_size,
                 rollout_seed(cfg.seed, step),
+                desc=f"step {step} rollouts",
             )
         after = _sampler_busy(self.agent)
         sampler_s = None if busy is None or after is None else after - busy

@@ -40,6 +40,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from dr_jax.progress import Progress
 from dr_jax.rollout import JaxSampler
 from dr_jax.rollout.trajectory import Trajectory
 
@@ -124,31 +125,27 @@ def allgather_bytes(data: bytes) -> list[bytes]:
 
 
 async def rollout(
-    agent: Any, questions: Sequence[str], n_samples: int, seed: int
+    agent: Any, questions: Sequence[str], n_samples: int, seed: int, desc: str = ""
 ) -> list[Trajectory]:
     """`agent.rollout(questions, n_samples, seed)` split across processes: this host runs its
     `host_share` of the trajectories, then all are gathered, in (question, sample) order, on
-    every host. One process: exactly `agent.rollout`."""
-    if jax.process_count() == 1:
-        return await agent.rollout(questions, n_samples=n_samples, seed=seed)
-    prompts = [agent.prompt_ids(q) for q in questions]
-    limit = asyncio.Semaphore(agent.config.max_concurrent)
-
-    async def one(k: int) -> Trajectory:
-        group, sample = divmod(k, n_samples)
-        async with limit:
-            return await agent.run(questions[group], prompts[group], group, sample, seed)
-
-    async def mine() -> list[Trajectory]:
-        share = host_share(len(questions) * n_samples)
-        return list(await asyncio.gather(*(one(k) for k in share)))
-
-    sampler = agent.sampler
-    if isinstance(sampler, JaxSampler) and sampler.multiprocess:
-        async with sampler.lockstep():
-            local = await mine()
-    else:
-        local = await mine()
+    every host. `desc`: show this host's progress under that name (process 0 only)."""
+    total = len(questions) * n_samples
+    share = host_share(total) if jax.process_count() > 1 else None
+    progress = Progress(total if share is None else len(share), desc,
+                        enabled=bool(desc) and is_main_process())  # fmt: skip
+    run = agent.rollout(questions, n_samples, seed, only=share, on_done=lambda _: progress.done())
+    try:
+        if share is None:
+            return await run
+        sampler = agent.sampler
+        if isinstance(sampler, JaxSampler) and sampler.multiprocess:
+            async with sampler.lockstep():
+                local = await run
+        else:
+            local = await run
+    finally:
+        progress.close()
     parts = await asyncio.to_thread(allgather_bytes, pack_trajectories(local))
     gathered = [t for part in parts for t in unpack_trajectories(part)]
     return sorted(gathered, key=lambda t: (t.group_id, t.sample_index))
