@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from dr_jax.reward import f1_score
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
 from dr_jax.tools.calls import ToolCall
+from dr_jax.world.export import jsonl_row
 from dr_jax.world.pages import INFOBOX_LABELS
 from dr_jax.world.questions import Question, Read
 from dr_jax.world.server import WorldServer
@@ -48,13 +49,8 @@ class Demonstration:
 
     def to_json(self) -> dict:
         """A JSONL record: the question, its gold answers, the turns, the answer and its F1."""
-        q = self.question
         return {
-            "id": q.id,
-            "question": q.question,
-            "answers": q.answers,
-            "data_source": q.data_source,
-            "split": q.split,
+            **jsonl_row(self.question),
             "turns": [{"assistant": text, "observation": obs} for text, obs in self.turns],
             "answer": self.answer,
             "f1": self.f1,
