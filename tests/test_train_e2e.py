@@ -86,7 +86,8 @@ def test_two_steps_checkpoint_resume_one_more_step(tmp_path):
     assert [s["split"] for s in val_samples] == ["dev"], "the last step's validation too"
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     page = (tmp_path / "report.html").read_text()
-    assert page.count('class="traj"') == 3 * 1 + 1 and "<svg" in page, "written at the end"
+    # written at the end: a training rollout per step, a validation one at steps 2 and 3
+    assert page.count('class="traj"') == 3 + 2 and "<svg" in page
 
 
 def test_a_checkpoint_directory_of_another_config_is_refused(tmp_path):

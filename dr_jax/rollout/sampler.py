@@ -15,8 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dr_jax.losses import token_logprobs
-
 FinishReason = Literal["stop", "length", "abort"]
 
 
@@ -79,31 +77,24 @@ class Sampler(Protocol):
 LOGPROB_CHUNK = 128  # positions unembedded at once by `policy_logprobs` ([128, V] logits)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _policy_logprobs(policy: Any, params: Any, tokens: jax.Array, temperature: jax.Array):
-    hidden = policy.apply(params, tokens[None], return_hidden=True)[0]  # [W, D]
-    targets = jnp.roll(tokens, -1)  # position t predicts tokens[t + 1]
+@functools.cache
+def _learner_logprobs() -> Any:
+    from dr_jax.train.logprobs import sequence_logprobs  # the training side, loaded when used
 
-    def chunk(args):
-        h, y = args
-        return token_logprobs(policy.unembed(params, h) / temperature, y)
-
-    width, dim = hidden.shape
-    shape = (width // LOGPROB_CHUNK, LOGPROB_CHUNK)
-    lp = jax.lax.map(chunk, (hidden.reshape(*shape, dim), targets.reshape(shape))).reshape(-1)
-    return jnp.concatenate([jnp.zeros(1, lp.dtype), lp[:-1]])
+    return jax.jit(sequence_logprobs, static_argnums=0, static_argnames=("chunk", "temperature"))
 
 
 def policy_logprobs(policy: Any, tokens: Sequence[int], temperature: float = 1.0) -> np.ndarray:
-    """The trainer's view: f32[T] with entry t = log softmax(logits_t-1 / T)[tokens[t]] from one
-    full forward pass over `tokens` (entry 0 is 0). Padded to a power-of-two width on the
-    right (causal, so it changes nothing) to compile once per width."""
+    """The trainer's view: f32[T] with entry t = log softmax(logits_t-1 / T)[tokens[t]], from the
+    learner's own log-prob pass (`train.logprobs.sequence_logprobs`; entry 0 is 0). Padded to a
+    power-of-two width on the right (causal, so it changes nothing) to compile once per width."""
     n = len(tokens)
     width = max(LOGPROB_CHUNK, 1 << (n - 1).bit_length())
-    padded = np.zeros(width, np.int32)
-    padded[:n] = tokens
-    out = _policy_logprobs(policy, policy.params, jnp.asarray(padded), jnp.float32(temperature))
-    return np.asarray(out)[:n]
+    padded = np.zeros((1, width), np.int32)
+    padded[0, :n] = tokens
+    logp, _ = _learner_logprobs()(policy, policy.params, jnp.asarray(padded), jnp.ones_like(padded),
+                     chunk=LOGPROB_CHUNK, temperature=float(temperature))  # fmt: skip
+    return np.asarray(logp)[0, :n]
 
 
 async def sampler_logprob_gap(

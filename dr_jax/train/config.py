@@ -114,6 +114,21 @@ class SFTConfig:
     """The oracle answers from search snippets that state the facts instead of reading every
     page: shorter demonstrations, with no URL to copy (which a tiny policy copies badly)."""
 
+    def optimizer(self) -> OptimConfig:
+        """AdamW (b2 0.99, weight decay 1e-4, clip 1.0): linear warm-up to `lr`, then a cosine
+        to 0 at the last step; the last steps at a small rate settle the noise of the large
+        one, which is what keeps a tiny policy's samples on format."""
+        warmup = min(max(self.warmup_steps, 1), self.steps - 1)
+        return OptimConfig(
+            lr=self.lr,
+            b2=0.99,
+            weight_decay=1e-4,
+            max_grad_norm=1.0,
+            warmup_steps=warmup,
+            schedule="cosine",
+            total_steps=self.steps,
+        )
+
 
 @dataclass(frozen=True)
 class DataConfig:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
 from typing import Any
 
 import jax
@@ -27,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dr_jax import losses
-from dr_jax.train.batching import PaddedSequences, pad_sequences, round_up
+from dr_jax.train.batching import PaddedSequences, pad_sequences
 from dr_jax.train.config import SFTConfig
+from dr_jax.train.logprobs import num_scored_positions, sequence_logprobs
+from dr_jax.train.optim import make_optimizer
 
 Demonstration = Any  # dr_jax.world.oracle.Demonstration: .question, .turns, .f1
 
@@ -105,64 +105,40 @@ def sft_batches(
         )
 
 
-def trained_positions(loss_mask: np.ndarray, multiple: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Where each row's trained tokens are: (index i32[B, K], weight f32[B, K]).
-
-    K = round_up(max trained tokens per row, multiple); a row's unused slots point at position 1
-    with weight 0. Position 0 is never trained (no token predicts it).
-    """
-    counts = (loss_mask[:, 1:] > 0).sum(axis=1)
-    k = round_up(max(int(counts.max()), 1), multiple)
-    index = np.ones((loss_mask.shape[0], k), np.int32)
-    weight = np.zeros((loss_mask.shape[0], k), np.float32)
-    for b, row in enumerate(loss_mask):
-        where = np.flatnonzero(row[1:] > 0) + 1
-        index[b, : len(where)] = where
-        weight[b, : len(where)] = 1.0
-    return index, weight
-
-
-def masked_nll(
-    policy: Any, params: Any, tokens: jax.Array, attention_mask: jax.Array, index: jax.Array,
-    weight: jax.Array,
-) -> jax.Array:  # fmt: skip
-    """Token-mean NLL at `index` [B, K]: hidden[t - 1] is unembedded to predict tokens[t]."""
-    hidden = policy.apply(params, tokens, attention_mask, return_hidden=True)  # [B, T, D]
-    before = jnp.take_along_axis(hidden, (index - 1)[..., None], axis=1)  # [B, K, D]
-    logits = policy.unembed(params, before)  # [B, K, V]
-    targets = jnp.take_along_axis(tokens, index, axis=1)
-    logp = losses.token_logprobs(logits, targets)
-    return -jnp.sum(logp * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-
-
 class SupervisedTrainer:
-    """AdamW on the masked NLL, one jitted step per batch (parameters donated). The learning
-    rate warms up linearly, then decays to 0 on a cosine: the last steps at a small rate settle
-    the noise of the large one, which is what keeps a tiny policy's samples on format."""
+    """The warm start's optimizer (`SFTConfig.optimizer`) on the masked NLL computed by the
+    learner's own log-prob pass, one jitted step per batch (parameters donated)."""
+
+    CHUNK = 128  # trained positions unembedded at once
 
     def __init__(self, policy: Any, config: SFTConfig) -> None:
         self.policy = policy
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, config.lr, min(max(config.warmup_steps, 1), config.steps - 1), config.steps
-        )
-        self.tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, b2=0.99))
-        self._step = jax.jit(self._step_fn, donate_argnums=(0, 1))
+        self.tx = make_optimizer(config.optimizer())
+        self._step = jax.jit(self._step_fn, donate_argnums=(0, 1), static_argnums=5)
 
     def init(self, params: Any) -> Any:
         return self.tx.init(params)
 
-    def _step_fn(self, params, opt_state, tokens, attention_mask, index, weight):
-        loss, grads = jax.value_and_grad(partial(masked_nll, self.policy))(
-            params, tokens, attention_mask, index, weight
+    def nll(self, params, tokens, attention_mask, loss_mask, num_positions: int) -> jax.Array:
+        """Token-mean NLL of the trained tokens (position 0 is never trained: nothing predicts
+        it)."""
+        logp, _ = sequence_logprobs(self.policy, params, tokens, attention_mask, chunk=self.CHUNK,
+                                    loss_mask=loss_mask, num_positions=num_positions)  # fmt: skip
+        trained = (loss_mask > 0).at[:, 0].set(False)
+        return -jnp.sum(logp * trained) / jnp.maximum(jnp.sum(trained), 1)
+
+    def _step_fn(self, params, opt_state, tokens, attention_mask, loss_mask, num_positions):
+        loss, grads = jax.value_and_grad(self.nll)(
+            params, tokens, attention_mask, loss_mask, num_positions
         )
         updates, opt_state = self.tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     def step(self, params: Any, opt_state: Any, seqs: PaddedSequences) -> tuple[Any, Any, float]:
         """One update; returns the new (params, opt_state) and the batch NLL before it."""
-        index, weight = trained_positions(seqs.loss_mask)
+        k = num_scored_positions(seqs.loss_mask, seqs.tokens.shape[1], self.CHUNK)
         params, opt_state, loss = self._step(
-            params, opt_state, seqs.tokens, seqs.attention_mask, index, weight
+            params, opt_state, seqs.tokens, seqs.attention_mask, seqs.loss_mask, k
         )
         return params, opt_state, float(loss)
 
