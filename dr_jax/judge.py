@@ -18,6 +18,7 @@ from typing import Literal, Self
 
 import httpx
 
+from dr_jax.retry import exponential, retry
 from dr_jax.reward import exact_match
 
 SYSTEM_PROMPT = "You grade answers to factual questions. You reply with one JSON object only."
@@ -38,6 +39,10 @@ Reply with a JSON object with two keys: "rationale" (one or two sentences explai
 and "judgement" (exactly "correct" or "incorrect")."""
 
 Source = Literal["exact_match", "judge", "no_answer", "unjudged"]
+
+
+FAILURES = (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError)
+"""What a judge call can fail with (transport, status, a malformed or unusable reply): retried."""
 
 
 class JudgeConfigError(RuntimeError):
@@ -152,22 +157,22 @@ class Judge:
             return Verdict(correct=True, source="exact_match")
         gold = json.dumps(answers, ensure_ascii=False)
         prompt = JUDGE_PROMPT.format(question=question, answers=gold, prediction=prediction)
-        error = ""
-        for attempt in range(1, self.config.max_attempts + 1):
-            if attempt > 1:
-                await asyncio.sleep(self.config.backoff_s * 2 ** (attempt - 2))
-            try:
-                reply = await self._ask(prompt)
-            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
-                error = f"{type(e).__name__}: {e}"
-                continue
+
+        async def once(attempt: int) -> Verdict:
+            reply = await self._ask(prompt)
             parsed = parse_judgement(reply)
             if parsed is None:
-                error = f"unusable reply: {reply[:200]!r}"
-                continue
-            return Verdict(correct=parsed[0], source="judge", attempts=attempt, rationale=parsed[1])
+                raise ValueError(f"unusable reply: {reply[:200]!r}")
+            correct, rationale = parsed
+            return Verdict(correct, source="judge", attempts=attempt + 1, rationale=rationale)
+
         attempts = self.config.max_attempts
-        return Verdict(correct=None, source="unjudged", attempts=attempts, error=error)
+        try:
+            return await retry(once, attempts=attempts, retryable=lambda e: isinstance(e, FAILURES),
+                               wait=exponential(self.config.backoff_s))  # fmt: skip
+        except FAILURES as e:
+            error = str(e) if str(e).startswith("unusable reply") else f"{type(e).__name__}: {e}"
+            return Verdict(correct=None, source="unjudged", attempts=attempts, error=error)
 
     async def _ask(self, prompt: str) -> str:
         body = {

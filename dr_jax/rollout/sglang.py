@@ -30,9 +30,14 @@ from typing import Any
 
 import httpx
 
+from dr_jax.retry import exponential, retry
 from dr_jax.rollout.sampler import SampleResult, SamplingParams
 
 FINISH_TYPES = {"stop": "stop", "length": "length", "abort": "abort"}
+
+
+class _Unavailable(Exception):
+    """A connection error or a 5xx: worth another attempt."""
 
 
 class SGLangError(RuntimeError):
@@ -95,27 +100,31 @@ class SGLangSampler:
 
     async def _request(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
         """One exchange with bounded retries on connection errors and 5xx; raises after."""
-        delay = self.config.backoff
-        for attempt in range(self.config.retries + 1):
+
+        async def once(attempt: int) -> httpx.Response:
             try:
                 response = await self.client.request(method, self._base + path, json=body)
             except httpx.TransportError as err:
-                failure = f"{type(err).__name__}: {err}"
-            else:
-                if response.status_code < 500:
-                    if response.status_code >= 400:
-                        raise SGLangError(
-                            f"{path} -> HTTP {response.status_code}: {response.text[:500]}"
-                        )
-                    return response
-                failure = f"HTTP {response.status_code}: {response.text[:200]}"
-            if attempt < self.config.retries:
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise ConnectionError(
-            f"SGLang server {self._base}{path} failed after {self.config.retries + 1} attempts "
-            f"({failure}); check that it is running (start_sglang_server) and the URL"
-        )
+                raise _Unavailable(f"{type(err).__name__}: {err}") from err
+            if response.status_code >= 500:
+                raise _Unavailable(f"HTTP {response.status_code}: {response.text[:200]}")
+            if response.status_code >= 400:
+                raise SGLangError(f"{path} -> HTTP {response.status_code}: {response.text[:500]}")
+            return response
+
+        attempts = self.config.retries + 1
+        try:
+            return await retry(
+                once,
+                attempts=attempts,
+                retryable=lambda e: isinstance(e, _Unavailable),
+                wait=exponential(self.config.backoff),
+            )
+        except _Unavailable as failure:
+            raise ConnectionError(
+                f"SGLang server {self._base}{path} failed after {attempts} attempts ({failure}); "
+                "check that it is running (start_sglang_server) and the URL"
+            ) from None
 
     async def _json(self, method: str, path: str, body: dict | None = None) -> Any:
         response = await self._request(method, path, body)

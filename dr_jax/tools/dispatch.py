@@ -8,7 +8,6 @@ limit and retries retryable failures a bounded number of times with backoff.
 
 import asyncio
 import contextlib
-import itertools
 import random
 import sqlite3
 import weakref
@@ -16,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from dr_jax.retry import exponential, retry
 from dr_jax.tools.cache import MemoryCache, ToolCache
 from dr_jax.tools.config import ToolsConfig
 from dr_jax.tools.errors import ToolError, ToolsSetupError
@@ -122,22 +122,26 @@ class Dispatcher:
         server's Retry-After when it gives one (refused when longer than backoff_max).
         """
         cfg = self.config
-        for n in itertools.count():
-            try:
-                # Host first: waiting for a busy host must not hold one of the global slots.
-                host_limit = self._host_limit(host) if host else contextlib.nullcontext()
-                async with host_limit, self._slots:
-                    self._metrics.counts["requests"] += 1
-                    return await request(self.http)
-            except ToolError as e:
-                if not e.retryable or n == cfg.retries:
-                    raise
-                delay = self._rng.uniform(0.0, min(cfg.backoff_max, cfg.backoff_base * 2**n))
-                if e.retry_after is not None:
-                    if e.retry_after > cfg.backoff_max:
-                        raise ToolError(
-                            e.kind, f"{e}; asked to wait {e.retry_after:g} s, too long"
-                        ) from None
-                    delay = e.retry_after
-                self._metrics.counts["retries"] += 1
-                await asyncio.sleep(delay)
+        backoff = exponential(cfg.backoff_base, cfg.backoff_max, self._rng)
+
+        async def once(n: int) -> T:
+            # Host first: waiting for a busy host must not hold one of the global slots.
+            host_limit = self._host_limit(host) if host else contextlib.nullcontext()
+            async with host_limit, self._slots:
+                self._metrics.counts["requests"] += 1
+                return await request(self.http)
+
+        def wait(n: int, error: Exception) -> float:
+            self._metrics.counts["retries"] += 1
+            return backoff(n, error) if error.retry_after is None else error.retry_after
+
+        def retryable(error: Exception) -> bool:
+            if not isinstance(error, ToolError) or not error.retryable:
+                return False
+            if error.retry_after is not None and error.retry_after > cfg.backoff_max:
+                raise ToolError(
+                    error.kind, f"{error}; asked to wait {error.retry_after:g} s, too long"
+                ) from None
+            return True
+
+        return await retry(once, attempts=cfg.retries + 1, retryable=retryable, wait=wait)

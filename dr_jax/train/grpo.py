@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from dr_jax import losses
 from dr_jax.models.flops import training_flops_per_token
+from dr_jax.retry import retry
 from dr_jax.reward import deepresearcher_score
 from dr_jax.rollout import JaxSampler, rollout_metrics
 from dr_jax.rollout.sglang import SGLangError
@@ -181,14 +182,12 @@ def weight_sync(sampler: Any, policy: Any, weights_dir: Path, *, timeout: float)
         return share
 
     async def load(path: Path, step: int) -> None:
-        for attempt in range(SYNC_ATTEMPTS):
-            try:
-                await sampler.update_weights_from_disk(path, step)
-                return
-            except (httpx.HTTPError, SGLangError):
-                if attempt == SYNC_ATTEMPTS - 1:
-                    raise
-                await sampler.wait_healthy(timeout=timeout)
+        await retry(
+            lambda attempt: sampler.update_weights_from_disk(path, step),
+            attempts=SYNC_ATTEMPTS,
+            retryable=lambda e: isinstance(e, httpx.HTTPError | SGLangError),
+            wait=lambda attempt, e: sampler.wait_healthy(timeout=timeout),
+        )
 
     async def push(params: Any, step: int) -> None:
         # every process joins the parameter gathers; process 0 writes the files
