@@ -254,7 +254,7 @@ def _row(r: ProgramMemory, hbm: int) -> str:
 
 TRAIN_KNOBS = (
     "lower --grpo.micro-batch-size, --policy.remat full, --policy.attention splash (or chunked "
-    "with a smaller --policy.attention-chunk), --grpo.logprob-chunk, --grpo.max-seq-len, "
+    "with a smaller --policy.attention-chunk), --grpo.logprob-chunk, --grpo.max-row-tokens, "
     "--sampler.max-batch-size / --sampler.max-seq-len, or a larger mesh"
 )
 
@@ -269,7 +269,7 @@ def check_train(config: Any, topology: str, devices: Sequence[Any]) -> int:
     g = config.grpo
     rows = g.questions_per_step * g.group_size // g.mini_batches
     on_policy = g.mini_batches == g.epochs == 1 and g.tis_cap == 0
-    programs = learner_programs(learner, rows, g.max_seq_len, on_policy)
+    programs = learner_programs(learner, rows, g.max_row_tokens, on_policy)
     if config.sampler.kind == "jax":
         programs |= sampler_programs(policy, config.sampler, mesh, learner.param_shardings)
     print(header(topology, devices, mesh))

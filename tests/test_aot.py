@@ -24,7 +24,7 @@ def test_tiny_run_compiles_for_v5p_and_fits(capsys):
         mesh="2x2",
         policy=PolicyConfig(dtype="bfloat16", remat="full"),  # attention auto: splash on TPU
         sampler=SamplerConfig(temperature=0.5, max_batch_size=4, max_seq_len=256),
-        grpo=GRPOConfig(questions_per_step=2, group_size=4, micro_batch_size=4, max_seq_len=256),
+        grpo=GRPOConfig(questions_per_step=2, group_size=4, micro_batch_size=4, max_row_tokens=256),
     )
     assert aot.compile_train(config, TOPOLOGY) == 0
     lines = capsys.readouterr().out.strip().splitlines()

@@ -107,7 +107,7 @@ def test_worker_processes_extract_exactly_what_the_inline_extractor_does(site):
 
 
 def test_a_dead_extraction_worker_is_replaced_and_pages_keep_coming(site):
-    config = ToolsConfig(allow_hosts=("127.0.0.1",), extract_workers=1, memory_cache_mb=0)
+    config = ToolsConfig(allow_hosts=("127.0.0.1",), extract_workers=1, memory_cache_chars=0)
     call = ToolCall("browse_webpage", {"url_list": [f"{site.url}/blog.python.org.html"]})
 
     async def scenario():

@@ -156,7 +156,7 @@ def test_loss_config_names_the_valid_choices():
 
 
 def test_dr_grpo_aggregation_needs_a_constant_length(setup):
-    """A padded length would rescale the loss with every batch; a run uses --grpo.max-seq-len."""
+    """A padded length would rescale the loss with every batch; a run uses --grpo.max-row-tokens."""
     from dr_jax.train.config import TrainConfig
     from dr_jax.train.run import make_learner
 
@@ -165,7 +165,7 @@ def test_dr_grpo_aggregation_needs_a_constant_length(setup):
     with pytest.raises(ValueError, match="agg_norm, a constant length"):
         Learner(policy, OPTIM, drgrpo)
     config = TrainConfig(loss=dataclasses.replace(drgrpo, kl_coef=0.0, temperature=0.5))
-    assert make_learner(config, policy, None).loss.agg_norm == config.grpo.max_seq_len
+    assert make_learner(config, policy, None).loss.agg_norm == config.grpo.max_row_tokens
 
 
 def test_warmup_then_cosine_schedule():

@@ -82,8 +82,8 @@ class ToolsConfig:
     user_agent: str = "dr_jax-tools/0.1 (+research agent)"
     """User-Agent header of page fetches."""
 
-    memory_cache_mb: int = 256
-    """Millions of characters of results, pages and reader replies kept in this process (LRU)."""
+    memory_cache_chars: int = 256_000_000
+    """Characters of results, pages and reader replies kept in this process (LRU; 0 = none)."""
     cache_path: str | None = None
     """SQLite file shared by processes (and hosts, on shared storage); None: no cache."""
     cache_shared_fs: bool = False
@@ -123,8 +123,8 @@ class ToolsConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.per_host < 1 or min(self.retries, self.extract_workers) < 0:
             raise ValueError("per_host must be >= 1; retries and extract_workers >= 0")
-        if self.memory_cache_mb < 0:
-            raise ValueError("memory_cache_mb must be >= 0")
+        if self.memory_cache_chars < 0:
+            raise ValueError("--tools.memory-cache-chars must be >= 0")
         for name in (
             "connect_timeout",
             "read_timeout",

@@ -32,7 +32,7 @@ class Dispatcher:
         self.config = config
         self._metrics = metrics
         self._rng = random.Random()
-        self._memory = MemoryCache(config.memory_cache_mb * 1_000_000)
+        self._memory = MemoryCache(config.memory_cache_chars)
         self._inflight: dict[tuple[str, str], asyncio.Task] = {}
         # Weak: a host's semaphore lives while someone holds or awaits it, then goes away.
         self._host_limits: weakref.WeakValueDictionary[str, asyncio.Semaphore] = (

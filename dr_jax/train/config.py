@@ -51,8 +51,9 @@ class GRPOConfig:
     """Tokens per chunk when computing log-probs over the vocabulary; 0 = the learner's default."""
     pad_multiple: int = 128
     """Training rows are padded to a multiple of this many tokens (fewer recompilations)."""
-    max_seq_len: int = 32768
-    """Training rows are cut to this many tokens (prompt + all turns)."""
+    max_row_tokens: int = 32768
+    """Training rows are cut to this many tokens (prompt + all turns); the sampler's context is
+    --sampler.max-seq-len."""
     validate_every: int = 4
     """Validate on the dev split every this many steps and after the last; 0 = only at the end."""
     validate_at_start: bool = True
@@ -294,7 +295,7 @@ def deepresearcher_preset(**overrides: Any) -> TrainConfig:
                         entropy_coef=0.001, agg="token-mean"),
         grpo=GRPOConfig(
             steps=312, questions_per_step=256, group_size=16, mini_batches=1, epochs=1,
-            micro_batch_size=16, logprob_chunk=1024, pad_multiple=512, max_seq_len=32768,
+            micro_batch_size=16, logprob_chunk=1024, pad_multiple=512, max_row_tokens=32768,
             validate_every=1, validate_at_start=False, val_questions=875, save_every=1,
         ),
         sft=SFTConfig(steps=0),

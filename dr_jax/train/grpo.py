@@ -302,7 +302,7 @@ class GRPOLoop:
         if not lost.all():  # the groups' statistics of the policy's own trajectories only
             advantages[~lost] = losses.advantages(cfg.advantage, rewards[~lost], group_ids[~lost])
         seqs = pad_trajectories(
-            trajectories, pad_id=self.pad_id, multiple=cfg.pad_multiple, max_len=cfg.max_seq_len
+            trajectories, pad_id=self.pad_id, multiple=cfg.pad_multiple, max_len=cfg.max_row_tokens
         )
         seqs.loss_mask[lost] = 0.0  # rows kept (shapes stay fixed), tokens never trained
         with _phase(seconds, "logprobs"):

@@ -79,7 +79,7 @@ def world_questions(world: World, split: str, sources: tuple[str, ...] | None) -
 def make_learner(config: TrainConfig, policy: Policy, mesh: Any) -> Learner:
     g, loss = config.grpo, config.loss
     if loss.agg == "seq-mean-token-sum-norm" and loss.agg_norm is None:
-        loss = dataclasses.replace(loss, agg_norm=float(g.max_seq_len))  # Dr. GRPO's constant
+        loss = dataclasses.replace(loss, agg_norm=float(g.max_row_tokens))  # Dr. GRPO's constant
     return Learner(
         policy,
         optim=config.optim,
@@ -127,7 +127,7 @@ async def warm_start(
         cfg,
         pad_id=pad_id(tokenizer),
         multiple=config.grpo.pad_multiple,
-        max_len=config.grpo.max_seq_len,
+        max_len=config.grpo.max_row_tokens,
         seed=config.grpo.seed,
     )
     say(f"warm start: {cfg.steps} steps on {len(rows)} oracle demonstrations")

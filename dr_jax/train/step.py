@@ -51,7 +51,7 @@ class LossConfig:
     kl_clamp: float | None = 10.0  # clamp of the per-token KL estimate
     entropy_coef: float = 0.001  # weight of the entropy bonus (subtracted from the loss)
     agg: losses.AggMode = "token-mean"  # how per-token terms become a scalar
-    agg_norm: float | None = None  # seq-mean-token-sum-norm's constant (train: None = max_seq_len)
+    agg_norm: float | None = None  # sum-norm's constant (a run: None = max_row_tokens)
     temperature: float = 1.0  # sampling temperature the log-probs are computed at
 
     def __post_init__(self) -> None:
