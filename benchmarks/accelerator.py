@@ -60,7 +60,7 @@ def learner_step(policy, rows: int, length: int, repeats: int) -> float:
     ones = np.ones((rows, length), np.float32)
     zeros = np.zeros((rows, length), np.float32)
     batch = TrainBatch(tokens, ones.astype(np.int32), ones, rng.normal(size=rows), zeros, zeros)
-    state = [learner.init_state(0)]
+    state = [learner.init_state()]
 
     def step():
         state[0], metrics = learner.train_step(state[0], batch)

@@ -144,7 +144,7 @@ def main() -> None:
     policy = init_policy(config, seed=0)
     learner = Learner(policy, optim, loss_cfg, logprob_chunk=args.chunk)
     reference = learner.reference_params()
-    state = learner.init_state(0)
+    state = learner.init_state()
 
     def run_jax():
         nonlocal state

@@ -80,7 +80,7 @@ def run_script(*args: str, devices: int = 1) -> subprocess.CompletedProcess:
 
 def train_then_die(directory: str, mesh_spec: str, steps: int) -> None:
     learner = build(mesh_spec)
-    state = train(learner, learner.init_state(0), 0, steps)
+    state = train(learner, learner.init_state(), 0, steps)
     ckpt = Checkpointer(directory, keep=2, fingerprint=FINGERPRINT)
     ckpt.save(state, extra={"data": {"next_step": steps}})
     train(learner, state, steps, steps + 1)  # donates `state` while the save may still be writing
@@ -90,10 +90,10 @@ def train_then_die(directory: str, mesh_spec: str, steps: int) -> None:
 
 def resume_on_other_mesh(directory: str, save_mesh: str, resume_mesh: str) -> None:
     saver, resumer = build(save_mesh), build(resume_mesh)
-    saved = train(saver, saver.init_state(0), 0, SAVED_AT)
+    saved = train(saver, saver.init_state(), 0, SAVED_AT)
     ckpt = Checkpointer(directory, fingerprint=FINGERPRINT)
     ckpt.save(saved, extra={"data": {"next_step": SAVED_AT}})
-    restored, extra = ckpt.restore(resumer.init_state(1))
+    restored, extra = ckpt.restore(resumer.init_state())
     assert extra == {"data": {"next_step": SAVED_AT}}
     leaves = jax.tree.leaves(restored.params)
     assert leaves[0].sharding == jax.tree.leaves(resumer.param_shardings)[0]
@@ -112,7 +112,7 @@ def resume_on_other_mesh(directory: str, save_mesh: str, resume_mesh: str) -> No
 def small_state(value: float, step: int) -> TrainState:
     params = {"w": jnp.full((4, 3), value), "b": jnp.arange(3.0) * value}
     opt_state = {"mu": jax.tree.map(jnp.zeros_like, params)}
-    return TrainState(params, opt_state, jnp.asarray(step, jnp.int32), jax.random.PRNGKey(step))
+    return TrainState(params, opt_state, jnp.asarray(step, jnp.int32))
 
 
 def test_keeps_the_last_n_and_round_trips_extra_state(tmp_path):
@@ -125,7 +125,6 @@ def test_keeps_the_last_n_and_round_trips_extra_state(tmp_path):
         earlier, _ = ckpt.restore(small_state(0.0, 0), step=3)
     assert extra == {"data": {"epoch": 0, "offset": 4}}
     np.testing.assert_array_equal(state.params["w"], np.full((4, 3), 4.0))
-    np.testing.assert_array_equal(state.rng, jax.random.PRNGKey(4))
     assert int(state.step) == 4 and int(earlier.step) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["3", "4", "fingerprint.json"]
 
@@ -148,8 +147,8 @@ def test_killed_run_resumes_bit_identically(tmp_path):
     proc = run_script("train", str(tmp_path), "1x1", str(SAVED_AT))
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     learner = build("1x1")
-    straight = train(learner, learner.init_state(0), 0, TOTAL_STEPS)
-    restored, extra = Checkpointer(tmp_path, fingerprint=FINGERPRINT).restore(learner.init_state(7))
+    straight = train(learner, learner.init_state(), 0, TOTAL_STEPS)
+    restored, extra = Checkpointer(tmp_path, fingerprint=FINGERPRINT).restore(learner.init_state())
     assert int(restored.step) == SAVED_AT
     resumed = train(learner, restored, extra["data"]["next_step"], TOTAL_STEPS)
     assert_bit_identical(resumed, straight)

@@ -50,7 +50,7 @@ def test_grpo_learns_to_emit_the_target_string():
     policy = init_policy(config, seed=0)
     learner = Learner(policy, OptimConfig(lr=1e-2), LossConfig(), logprob_chunk=8)
     sample = make_sampler(learner.policy, len(TARGET))
-    state = learner.init_state(seed=0)
+    state = learner.init_state()
     reference = learner.reference_params()
     group_ids = np.repeat(np.arange(GROUPS), GROUP)
     loss_mask = np.zeros((GROUP * GROUPS, 1 + len(TARGET)), np.float32)

@@ -78,7 +78,7 @@ def one_step(tmp_path, tokenizer, failures: int, max_share: float = 0.25):
                                       total_steps=1),
                 sync=_no_sync, ref_params=None, pad_id=0, samples_per_step=8,
             )  # fmt: skip
-            return await loop.step(learner.init_state(0), 1)
+            return await loop.step(learner.init_state(), 1)
 
     try:
         _, record, samples = asyncio.run(run())

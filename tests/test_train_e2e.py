@@ -93,7 +93,7 @@ def test_two_steps_checkpoint_resume_one_more_step(tmp_path):
 def test_a_checkpoint_directory_of_another_config_is_refused(tmp_path):
     config = tiny_config(tmp_path)
     with Checkpointer(tmp_path / "checkpoints", fingerprint=config.fingerprint()) as ckpt:
-        ckpt.save(TrainState(params={}, opt_state={}, step=jnp.int32(1), rng=jnp.zeros(2)))
+        ckpt.save(TrainState(params={}, opt_state={}, step=jnp.int32(1)))
     other = config.replace(optim=OptimConfig(lr=5e-4))
     with pytest.raises(ValueError, match=r"another configuration.*optim"):
         asyncio.run(train(other))
@@ -156,7 +156,7 @@ def test_a_search_outage_becomes_an_observation_and_the_step_completes(tmp_path,
                                       total_steps=1),
                 sync=_no_sync, ref_params=None, pad_id=0, samples_per_step=4,
             )  # fmt: skip
-            return await loop.step(learner.init_state(0), 1)
+            return await loop.step(learner.init_state(), 1)
 
     _, record, samples = asyncio.run(run())
     assert record["train/tool_calls_mean"] == 1.0

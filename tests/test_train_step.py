@@ -114,7 +114,7 @@ def test_scored_positions_come_in_few_static_sizes():
 def test_step_matches_the_objective_written_from_full_logits(setup):
     policy, full, batch, _ = setup
     loss, grad_norm, params = reference_update(policy, policy.params, batch)
-    state, metrics = full.train_step(full.init_state(0), batch)
+    state, metrics = full.train_step(full.init_state(), batch)
     assert float(metrics["loss"]) == pytest.approx(float(loss), rel=1e-5)
     assert float(metrics["grad_norm"]) == pytest.approx(float(grad_norm), rel=1e-5)
     assert float(metrics["trained_tokens"]) == batch.loss_mask.sum()
@@ -126,8 +126,8 @@ def test_step_matches_the_objective_written_from_full_logits(setup):
 def test_four_micro_batches_give_the_full_batch_update(setup):
     policy, full, batch, _ = setup
     micro = Learner(policy, OPTIM, LOSS, micro_batch_size=2, logprob_chunk=5)
-    state_full, m_full = full.train_step(full.init_state(0), batch)
-    state_micro, m_micro = micro.train_step(micro.init_state(0), batch)
+    state_full, m_full = full.train_step(full.init_state(), batch)
+    state_micro, m_micro = micro.train_step(micro.init_state(), batch)
     for key in ("loss", "grad_norm", "entropy", "kl_loss", "clipfrac", "approx_kl"):
         assert float(m_micro[key]) == pytest.approx(float(m_full[key]), rel=1e-5), key
     assert_same_params(state_micro.params, state_full.params)
@@ -135,7 +135,7 @@ def test_four_micro_batches_give_the_full_batch_update(setup):
 
 def test_step_donates_the_state_but_not_the_policy(setup):
     policy, full, batch, _ = setup
-    state = full.init_state(0)
+    state = full.init_state()
     full.train_step(state, batch)
     assert jax.tree.leaves(state.params)[0].is_deleted()
     assert not jax.tree.leaves(policy.params)[0].is_deleted()
@@ -145,7 +145,7 @@ def test_step_donates_the_state_but_not_the_policy(setup):
 def test_kl_without_reference_logprobs_is_refused(setup):
     _, full, batch, _ = setup
     with pytest.raises(ValueError, match="ref_logprobs"):
-        full.train_step(full.init_state(0), batch._replace(ref_logprobs=None))
+        full.train_step(full.init_state(), batch._replace(ref_logprobs=None))
 
 
 def test_loss_config_names_the_valid_choices():
@@ -179,8 +179,8 @@ def test_warmup_then_cosine_schedule():
 def test_entropy_is_reported_without_an_entropy_bonus(setup):
     policy, full, batch, _ = setup
     plain = Learner(policy, OPTIM, dataclasses.replace(LOSS, entropy_coef=0.0), logprob_chunk=5)
-    _, with_bonus = full.train_step(full.init_state(0), batch)
-    _, without = plain.train_step(plain.init_state(0), batch)
+    _, with_bonus = full.train_step(full.init_state(), batch)
+    _, without = plain.train_step(plain.init_state(), batch)
     assert float(without["entropy"]) == pytest.approx(float(with_bonus["entropy"]), rel=1e-5)
     assert float(without["entropy"]) > 0
     bonus = LOSS.entropy_coef * float(with_bonus["entropy"])

@@ -50,7 +50,7 @@ def worker(out_dir: str, meshes: list[str]) -> None:
             micro_batch_size=8,
             logprob_chunk=4,
         )
-        state, metrics = learner.train_step(learner.init_state(0), batch)
+        state, metrics = learner.train_step(learner.init_state(), batch)
         params = [
             multihost_utils.process_allgather(x, tiled=True) for x in jax.tree.leaves(state.params)
         ]

@@ -227,7 +227,7 @@ async def train(config: TrainConfig) -> dict[str, Any]:
             sft_log.close()
 
         learner = make_learner(config, policy, mesh)
-        state = learner.init_state(g.seed)
+        state = learner.init_state()
         data = DataIterator(train_examples, g.questions_per_step, g.seed, config.data.shuffle)
         start = 0
         if resuming:

@@ -11,12 +11,11 @@ import jax
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class TrainState:
-    """f32 master parameters, optimizer state, optimizer step count and a PRNG key."""
+    """f32 master parameters, optimizer state and the optimizer step count."""
 
     params: Any  # nnx.State of f32 arrays, sharded by the logical-axis rules
     opt_state: Any  # optax state (moments shaped and sharded like params)
     step: jax.Array  # i32[]: optimizer updates applied so far
-    rng: jax.Array  # u32[2]: a PRNG key for the caller (sampling seeds); the step does not use it
 
     def replace(self, **changes: Any) -> TrainState:
         return replace(self, **changes)

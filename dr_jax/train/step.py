@@ -142,13 +142,13 @@ class Learner:
             self.param_shardings,
             transform_non_params=lambda _: rep,
         )
-        self.state_shardings = TrainState(self.param_shardings, opt_shardings, rep, rep)
+        self.state_shardings = TrainState(self.param_shardings, opt_shardings, rep)
         self._rows = batch_sharding(self.mesh)
         self._reference: Any = None
 
         self._init = jax.jit(
             self._init_fn,
-            in_shardings=(self.param_shardings, rep),
+            in_shardings=(self.param_shardings,),
             out_shardings=self.state_shardings,
         )
         self._copy = jax.jit(
@@ -172,10 +172,9 @@ class Learner:
 
     # ---- public API ---------------------------------------------------------------------------
 
-    def init_state(self, seed: int = 0) -> TrainState:
+    def init_state(self) -> TrainState:
         """Step-0 state: a sharded copy of the policy's parameters, fresh AdamW moments."""
-        params = shard_tree(self.policy.params, self.param_shardings)
-        return self._init(params, np.asarray(jax.random.PRNGKey(seed)))
+        return self._init(shard_tree(self.policy.params, self.param_shardings))
 
     def reference_params(self) -> Any:
         """The frozen reference: a sharded copy of the policy's initial parameters (cached)."""
@@ -220,8 +219,7 @@ class Learner:
         names = ("advantages", "old_logprobs", "ref_logprobs")
         arrays = {"tokens": tokens, "attention_mask": tokens, "loss_mask": tokens}
         arrays |= dict.fromkeys(names, shape)
-        rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
-        state = jax.eval_shape(self._init_fn, self.policy.params, rng)
+        state = jax.eval_shape(self._init_fn, self.policy.params)
         state = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
             state,
@@ -284,9 +282,9 @@ class Learner:
         micro = self.micro_batch_size or -(-rows // self._divisor) * self._divisor
         return -(-rows // micro) * micro, micro
 
-    def _init_fn(self, params: Any, rng: jax.Array) -> TrainState:
+    def _init_fn(self, params: Any) -> TrainState:
         params = jax.tree.map(jnp.copy, params)  # never alias the policy's own buffers
-        return TrainState(params, self.tx.init(params), jnp.zeros((), jnp.int32), rng)
+        return TrainState(params, self.tx.init(params), jnp.zeros((), jnp.int32))
 
     def _split(self, x: jax.Array, n_micro: int) -> jax.Array:
         """[B, ...] -> [n_micro, B / n_micro, ...]; micro-batch k holds rows k, k + n_micro, ...
@@ -394,5 +392,5 @@ class Learner:
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["lr"] = jnp.asarray(self._schedule(state.step), jnp.float32)
         metrics["trained_tokens"] = jnp.sum(mask.astype(jnp.float32))
-        new_state = TrainState(params, opt_state, state.step + 1, state.rng)
+        new_state = TrainState(params, opt_state, state.step + 1)
         return new_state, metrics
