@@ -24,18 +24,26 @@ LOOPBACK = "127.0.0.1"
 
 def build_policy(config: PolicyConfig, mesh: object = None) -> Policy:
     """The tiny random policy (real Qwen2.5 vocabulary) or a checkpoint: an HF directory, a
-    .gguf file, a catalog name or a Hub id (`dr_jax.models.sources.resolve_model`)."""
+    .gguf file, a catalog name, a Hub id (`dr_jax.models.sources.resolve_model`) or a training
+    run's directory (its latest checkpoint)."""
     dtype = jnp.dtype(config.dtype)
     options = config.model_options(jax.default_backend())
     if config.is_tiny:
         policy = init_policy(ModelConfig.tiny(), seed=config.seed, dtype=dtype, mesh=mesh)
         return policy.replace(**options)
-    return load_pretrained(config.path, dtype=dtype, mesh=mesh).replace(**options)
+    return load_pretrained(model_path(config), dtype=dtype, mesh=mesh).replace(**options)
 
 
 def build_tokenizer(config: PolicyConfig) -> PreTrainedTokenizerBase:
     """The checkpoint's tokenizer, or the real Qwen2.5 tokenizer (built offline) for "tiny"."""
-    return qwen2_tokenizer() if config.is_tiny else load_tokenizer(config.path)
+    return qwen2_tokenizer() if config.is_tiny else load_tokenizer(model_path(config))
+
+
+def model_path(config: PolicyConfig) -> str:
+    """--policy.path, where a training run's directory stands for its latest checkpoint."""
+    from dr_jax.train.export import is_run_dir, latest_export
+
+    return str(latest_export(config.path)) if is_run_dir(config.path) else config.path
 
 
 def sampling_params(config: SamplerConfig) -> SamplingParams:

@@ -9,10 +9,12 @@
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -85,9 +87,43 @@ def test_two_steps_checkpoint_resume_one_more_step(tmp_path):
     assert sample["messages"][0]["role"] == "assistant" and sample["gold"]
     assert [s["split"] for s in val_samples] == ["dev"], "the last step's validation too"
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    exported_and_reused(tmp_path, config)
     page = (tmp_path / "report.html").read_text()
     # written at the end: a training rollout per step, a validation one at steps 2 and 3
     assert page.count('class="traj"') == 3 + 2 and "<svg" in page
+
+
+def exported_and_reused(run_dir: Path, config: TrainConfig) -> None:
+    """The run's checkpoints export to HF directories (weights, tokenizer, chat template);
+    --policy.path RUN_DIR loads the latest; the warm start is complete as it is."""
+    from dr_jax.config import PolicyConfig
+    from dr_jax.models import load_pretrained
+    from dr_jax.models.tokenizer import load_tokenizer
+    from dr_jax.runtime import build_policy, build_tokenizer
+    from dr_jax.train.export import export_run
+
+    out = export_run(run_dir, run_dir / "step2", step=2)
+    with Checkpointer(run_dir / "checkpoints", fingerprint=config.fingerprint()) as ckpt:
+        template = Learner(load_pretrained(out), OptimConfig(lr=1e-3)).init_state()
+        saved, _ = ckpt.restore(template, step=2)
+    exported = load_pretrained(out)
+    for a, b in zip(jax.tree.leaves(exported.params), jax.tree.leaves(saved.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert (
+        load_tokenizer(out).chat_template and (run_dir / "warm_start" / "tokenizer.json").exists()
+    )
+    latest = build_policy(PolicyConfig(path=str(run_dir)))
+    assert (run_dir / "export" / "step_3" / "config.json").is_file()
+    assert len(build_tokenizer(PolicyConfig(path=str(run_dir)))) == len(load_tokenizer(out))
+    assert not np.array_equal(np.asarray(jax.tree.leaves(latest.params)[0]),
+                              np.asarray(jax.tree.leaves(exported.params)[0]))  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=r"saved steps: \[1, 2, 3\]"):
+        export_run(run_dir, run_dir / "nope", step=99)
+    bare = run_dir / "bare"
+    bare.mkdir()
+    shutil.copy(out / "config.json", bare / "config.json")
+    with pytest.raises(ValueError, match="tokenizer"):
+        load_tokenizer(bare)
 
 
 def test_a_checkpoint_directory_of_another_config_is_refused(tmp_path):

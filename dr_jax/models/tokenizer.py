@@ -205,6 +205,10 @@ def qwen2_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+MIN_VOCABULARY = 256
+"""Fewer tokens than bytes: not a real vocabulary."""
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer of the model `path` names (`dr_jax.models.sources.resolve_model`): saved in
     an HF directory (`tokenizer.json` & co.), or rebuilt from a .gguf file's metadata."""
@@ -217,8 +221,14 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     if path.suffix == ".gguf":
         return gguf_tokenizer(GGUFModel(path))
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as err:
         raise ValueError(
             f"no loadable tokenizer in {path} (expected tokenizer.json or vocab files): {err}"
         ) from err
+    if len(tokenizer) < MIN_VOCABULARY:  # transformers builds an empty one from a bare config
+        raise ValueError(
+            f"{path} holds no tokenizer vocabulary ({len(tokenizer)} tokens): copy the base "
+            "model's tokenizer files (tokenizer.json, tokenizer_config.json) there"
+        )
+    return tokenizer

@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 
 from dr_jax.train.state import TrainState
 
-_FINGERPRINT = "fingerprint.json"
+FINGERPRINT = "fingerprint.json"
 
 
 def _abstract(tree: Any) -> Any:
@@ -55,7 +55,7 @@ class Checkpointer:
         )
 
     def _check_fingerprint(self) -> None:
-        path, fingerprint = self.directory / _FINGERPRINT, self._fingerprint
+        path, fingerprint = self.directory / FINGERPRINT, self._fingerprint
         if path.exists():
             stored = json.loads(path.read_text())
             if stored != fingerprint:
@@ -69,7 +69,7 @@ class Checkpointer:
                 )
 
     def _write_fingerprint(self) -> None:
-        path = self.directory / _FINGERPRINT
+        path = self.directory / FINGERPRINT
         if jax.process_index() == 0 and not path.exists():
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(self._fingerprint, indent=2, sort_keys=True))

@@ -140,6 +140,7 @@ async def warm_start(
         shutil.rmtree(tmp, ignore_errors=True)
     save_pretrained(tuned, tmp)  # every process joins the gathers; process 0 writes
     if is_main_process():
+        tokenizer.save_pretrained(str(tmp))  # complete: evaluate or serve it as it is
         tmp.rename(run_dir / "warm_start")
     barrier("warm start saved")
     return tuned
