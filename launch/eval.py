@@ -8,7 +8,8 @@
     python launch/eval.py run --policy.path DIR --compile-only v5p:2x2x4   # fits? (config.json)
     python launch/eval.py score rollout_step_0.json --dataset test.parquet   # DeepResearcher output
 
-Results go to --out-dir (samples.jsonl, summary.json, summary.md); rerunning resumes.
+Results go to --out-dir (samples.jsonl, summary.json, summary.md, report.html; by default a new
+runs/eval/<dataset>-<policy>-<time>, printed); rerunning with that --out-dir resumes.
 """
 
 import argparse

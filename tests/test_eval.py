@@ -196,3 +196,19 @@ def test_the_launcher_runs_an_evaluation_from_flags(tmp_path, capsys):
     assert summary["datasets"]["world_1hop"]["n"] == 2
     assert summary["meta"]["dataset"] == "world(seed=0, size=tiny)"
     assert "| world_1hop | 2 | 100.0 | 100.0 |" in capsys.readouterr().out
+
+
+def test_a_failed_start_leaves_no_run_behind_and_each_evaluation_has_its_own_directory(
+    world, tmp_path
+):
+    from dr_jax.config import PolicyConfig
+    from dr_jax.eval.run import default_out_dir
+
+    typo = EvalConfig(out_dir=str(tmp_path / "eval"), limit=1, tools=TOOLS,
+                      policy=PolicyConfig(path=str(tmp_path / "no-such-model")))  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        asyncio.run(evaluate(typo, world))
+    assert not (tmp_path / "eval" / "run.json").exists()
+    asyncio.run(evaluate(oracle_config(tmp_path / "eval", limit=1), world))  # the fixed command
+    named = default_out_dir(EvalConfig(dataset="tests/data/deepresearcher/test.parquet"))
+    assert named.parent == Path("runs/eval") and named.name.startswith("test-test-tiny-20")

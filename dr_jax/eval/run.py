@@ -4,6 +4,7 @@ an interrupted run, summarise."""
 import asyncio
 import contextlib
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,8 +58,9 @@ class EvalConfig:
     """Keep only these data sources (e.g. nq hotpotqa); empty keeps all."""
     limit: int | None = None
     """Evaluate only the first N questions (after --datasets), in dataset order."""
-    out_dir: str = "runs/eval"
-    """Directory for samples.jsonl and summary.{json,md}; an existing run there is resumed."""
+    out_dir: str = ""
+    """Directory for samples.jsonl, summary.{json,md} and report.html; an existing run there is
+    resumed. "": a new directory runs/eval/<dataset>-<policy>-<time>."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(temperature=0.0))
     """Decoding; the default is greedy. DeepResearcher's protocol: --sampler.temperature 1.0."""
@@ -133,8 +135,16 @@ def select_examples(config: EvalConfig, world: World | None) -> list[QAExample]:
     return examples[: config.limit]
 
 
+def default_out_dir(config: EvalConfig) -> Path:
+    """runs/eval/<dataset>-<policy>-<YYYYmmdd-HHMMSS>: each evaluation its own directory."""
+    dataset = Path(config.dataset).stem if config.dataset != WORLD else WORLD
+    policy = "oracle" if config.oracle else Path(config.policy.path.rstrip("/")).name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / "eval" / f"{dataset}-{config.split}-{policy}-{stamp}"
+
+
 def check_resumable(out_dir: Path, config: EvalConfig) -> None:
-    """Refuse to mix two different runs' samples in one directory."""
+    """Refuse to mix two different runs' samples in one directory (reads only)."""
     run_file = out_dir / RUN
     fingerprint = config.fingerprint()
     if run_file.is_file():
@@ -145,8 +155,13 @@ def check_resumable(out_dir: Path, config: EvalConfig) -> None:
                 f"{out_dir} holds a run with different settings ({', '.join(changed)}): "
                 "pass another --out-dir, or delete that directory to start over."
             )
-    else:
-        run_file.write_text(json.dumps(fingerprint, indent=2) + "\n")
+
+
+def claim(out_dir: Path, config: EvalConfig) -> None:
+    """Tie the directory to this run, once it has started (a failed start leaves none)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not (out_dir / RUN).is_file():
+        (out_dir / RUN).write_text(json.dumps(config.fingerprint(), indent=2) + "\n")
 
 
 def run_meta(config: EvalConfig, seconds: float) -> dict[str, Any]:
@@ -196,16 +211,18 @@ async def evaluate(
         size = int(config.world_size) if config.world_size.isdigit() else config.world_size
         world = World.generate(seed=config.world_seed, size=size)
     examples = select_examples(config, world)
-    out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(config.out_dir) if config.out_dir else default_out_dir(config)
     check_resumable(out_dir, config)
+    print(f"evaluation: {len(examples)} questions into {out_dir}", file=sys.stderr)
     samples_path = out_dir / SAMPLES
     done = read_records(samples_path)
     if any(e.id not in done for e in examples):
         await _run(config, world, sampler, examples, done, samples_path)
         write_in_order(samples_path, examples, done)
     records = [done[e.id] for e in examples]
-    return write_summary(out_dir, records, run_meta(config, time.perf_counter() - started))
+    summary = write_summary(out_dir, records, run_meta(config, time.perf_counter() - started))
+    print(f"evaluation: results in {out_dir} (summary.md, report.html)", file=sys.stderr)
+    return summary
 
 
 async def _run(
@@ -253,6 +270,7 @@ async def _run(
                 [trajectory] = await agent.rollout([example.question], n_samples=1, seed=seed)
             return await score_trajectory(example, trajectory, tokenizer, judge)
 
+        claim(samples_path.parent, config)  # started: the directory is this run's now
         for next_record in asyncio.as_completed([evaluate_one(e) for e in todo]):
             record = await next_record
             append_records(samples_path, [record])

@@ -95,7 +95,8 @@ def _cell(value: float | None, scale: float, spec: str) -> str:
 
 
 def write_summary(out_dir: Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> dict:
-    """Write summary.json and summary.md; returns the JSON object."""
+    """Write summary.json, summary.md and report.html; returns the JSON object."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows = summarize(records)
     summary = {"meta": meta, "datasets": rows}
     (out_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

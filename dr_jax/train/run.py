@@ -235,6 +235,9 @@ async def train(config: TrainConfig) -> dict[str, Any]:
             state, extra = checkpointer.restore(state)
             data.load_state_dict(extra["data"])
             start = int(extra["grpo_step"])
+            say(f"resuming {run_dir} after step {start} of {g.steps}" if start < g.steps else
+                f"{run_dir} is complete ({g.steps} steps): nothing to train; a larger "
+                "--grpo.steps continues it")  # fmt: skip
         await sync(state.params, start)
 
         main = is_main_process()
