@@ -40,7 +40,8 @@ def parse(argv: list[str]) -> tuple[TrainConfig, str | None]:
         TrainConfig,
         default=PRESETS[known.preset](),
         args=rest,
-        description=f"{__doc__.splitlines()[0]} Preset: {known.preset} (--preset NAME). "
+        description=f"{__doc__.splitlines()[0]} Preset: {known.preset} (--preset "
+        f"{{{','.join(sorted(PRESETS))}}}: the defaults shown below are that preset's). "
         "--compile-only TOPOLOGY (e.g. v5p:2x2x4): compile every program for that TPU "
         "topology and report its memory (last line JSON); exits 1 if one does not fit.",
     )

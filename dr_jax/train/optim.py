@@ -10,7 +10,8 @@ import optax
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW as DeepResearcher trained it (veRL defaults: lr 1e-6 constant, wd 0.01, clip 1.0)."""
+    """AdamW with global-norm clipping. DeepResearcher trained with lr 1e-6 constant, weight
+    decay 0.01, clip 1.0 (--preset deepresearcher); each preset sets its own."""
 
     lr: float = 1e-6  # peak learning rate
     b1: float = 0.9  # Adam first-moment decay

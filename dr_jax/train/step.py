@@ -41,7 +41,8 @@ from dr_jax.train.state import TrainState
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The GRPO objective; defaults are DeepResearcher's (veRL actor settings)."""
+    """The GRPO objective. DeepResearcher's values (veRL's actor settings) are the field defaults
+    and --preset deepresearcher's; the embedded default turns the KL and entropy terms off."""
 
     clip_low: float = 0.2  # PPO clip: ratio floor 1 - clip_low (for A < 0)
     clip_high: float = 0.2  # PPO clip: ratio ceiling 1 + clip_high (for A > 0; DAPO uses 0.28)
