@@ -32,8 +32,6 @@ def rollout_metrics(trajectories: Sequence[Trajectory], prefix: str = "rollout/"
         "answer_rate": sum(t.answer is not None for t in trajectories) / n,
         "sampling_time_share": sampling / total if total > 0 else 0.0,
         "tools_time_share": tools / total if total > 0 else 0.0,
-        "sampling_seconds": sampling,
-        "tools_seconds": tools,
     }
     out.update({f"finish/{reason}": count / n for reason, count in sorted(reasons.items())})
     return {prefix + key: value for key, value in out.items()}
