@@ -2,25 +2,16 @@
 failures: they are left out of the loss and of their group's statistics, counted per step, and a
 step that loses too many of them stops the run with a clear error."""
 
-import asyncio
-
 import numpy as np
 import pytest
-from test_train_e2e import ScriptedSampler, _no_sync
+from test_train_e2e import ScriptedSampler, scripted_step
 
 from dr_jax import losses
-from dr_jax.data import DataIterator
 from dr_jax.models import ModelConfig, init_policy
-from dr_jax.rollout import Agent, AgentConfig, SampleResult
-from dr_jax.tools import ToolExecutor, ToolsConfig
-from dr_jax.train.checkpoint import Checkpointer
-from dr_jax.train.config import DataConfig, GRPOConfig
-from dr_jax.train.grpo import GRPOLoop, InfraFailure
-from dr_jax.train.metrics import MetricsConfig, MetricsWriter
+from dr_jax.rollout import SampleResult
+from dr_jax.train.grpo import InfraFailure
 from dr_jax.train.optim import OptimConfig
-from dr_jax.train.run import load_questions
 from dr_jax.train.step import Learner, LossConfig
-from dr_jax.world import World, WorldServer
 
 
 class SecondTurnOutage(ScriptedSampler):
@@ -56,34 +47,11 @@ class Recorded(Learner):
 
 
 def one_step(tmp_path, tokenizer, failures: int, max_share: float = 0.25):
-    world = World.generate(0, "tiny")
-    server = WorldServer(world).start()
-    cfg = ToolsConfig(search_url=server.url, allow_hosts=("127.0.0.1",), retries=0,
-                      extract_workers=0)  # fmt: skip
-    train_examples, _ = load_questions(DataConfig(world_size="tiny"), world)
     learner = Recorded(init_policy(ModelConfig.tiny(), seed=0), OptimConfig(lr=1e-3),
                        LossConfig(kl_coef=0.0), logprob_chunk=128)  # fmt: skip
     learner.batches = []
-    grpo = GRPOConfig(steps=1, questions_per_step=2, group_size=4, validate_at_start=False,
-                      pad_multiple=128, max_infra_failures=max_share)  # fmt: skip
-
-    async def run():
-        async with ToolExecutor(cfg) as tools:
-            agent = Agent(SecondTurnOutage(tokenizer, failures), tokenizer, tools, AgentConfig())
-            loop = GRPOLoop(
-                grpo, learner=learner, agent=agent, val_agent=agent,
-                train_data=DataIterator(train_examples, 2), dev_examples=[],
-                checkpointer=Checkpointer(tmp_path / "ckpt"),
-                metrics=MetricsWriter(tmp_path, MetricsConfig(progress_bar=False),
-                                      total_steps=1),
-                sync=_no_sync, ref_params=None, pad_id=0, samples_per_step=8,
-            )  # fmt: skip
-            return await loop.step(learner.init_state(), 1)
-
-    try:
-        _, record, samples = asyncio.run(run())
-    finally:
-        server.stop()
+    record, samples = scripted_step(tmp_path, SecondTurnOutage(tokenizer, failures), learner,
+                                    group_size=4, max_infra_failures=max_share)  # fmt: skip
     return record, samples, learner.batches
 
 

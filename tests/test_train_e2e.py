@@ -167,34 +167,47 @@ class ScriptedSampler:
         return out
 
 
-def test_a_search_outage_becomes_an_observation_and_the_step_completes(tmp_path, qwen_tokenizer):
-    from dr_jax.models import ModelConfig, init_policy
-
+def scripted_step(tmp_path, sampler, learner, *, outage: bool = False, **grpo) -> tuple:
+    """One GRPO step of 2 questions against the tiny world, sampled by `sampler`; `outage`:
+    the search backend goes away after start-up. Returns (record, sample records)."""
     world = World.generate(0, "tiny")
     server = WorldServer(world).start()
     cfg = ToolsConfig(search_url=server.url, allow_hosts=("127.0.0.1",), retries=0,
                       extract_workers=0)  # fmt: skip
     train_examples, _ = load_questions(DataConfig(world_size="tiny"), world)
-    policy = init_policy(ModelConfig.tiny(), seed=0)
-    learner = Learner(policy, OptimConfig(lr=1e-3), LossConfig(kl_coef=0.0), logprob_chunk=128)
-    grpo = GRPOConfig(steps=1, questions_per_step=2, group_size=2, validate_at_start=False,
-                      pad_multiple=128)  # fmt: skip
+    config = GRPOConfig(steps=1, questions_per_step=2, validate_at_start=False, pad_multiple=128,
+                        **grpo)  # fmt: skip
+    rows = config.questions_per_step * config.group_size
 
     async def run():
         async with ToolExecutor(cfg) as tools:
-            server.stop()  # the search backend goes away after start-up
-            agent = Agent(ScriptedSampler(qwen_tokenizer), qwen_tokenizer, tools, AgentConfig())
+            if outage:
+                server.stop()
+            agent = Agent(sampler, sampler.tokenizer, tools, AgentConfig())
             loop = GRPOLoop(
-                grpo, learner=learner, agent=agent, val_agent=agent,
+                config, learner=learner, agent=agent, val_agent=agent,
                 train_data=DataIterator(train_examples, 2), dev_examples=[],
                 checkpointer=Checkpointer(tmp_path / "ckpt"),
                 metrics=MetricsWriter(tmp_path, MetricsConfig(progress_bar=False),
                                       total_steps=1),
-                sync=_no_sync, ref_params=None, pad_id=0, samples_per_step=4,
+                sync=_no_sync, ref_params=None, pad_id=0, samples_per_step=rows,
             )  # fmt: skip
             return await loop.step(learner.init_state(), 1)
 
-    _, record, samples = asyncio.run(run())
+    try:
+        _, record, samples = asyncio.run(run())
+    finally:
+        server.stop()
+    return record, samples
+
+
+def test_a_search_outage_becomes_an_observation_and_the_step_completes(tmp_path, qwen_tokenizer):
+    from dr_jax.models import ModelConfig, init_policy
+
+    learner = Learner(init_policy(ModelConfig.tiny(), seed=0), OptimConfig(lr=1e-3),
+                      LossConfig(kl_coef=0.0), logprob_chunk=128)  # fmt: skip
+    record, samples = scripted_step(tmp_path, ScriptedSampler(qwen_tokenizer), learner,
+                                    outage=True, group_size=2)  # fmt: skip
     assert record["train/tool_calls_mean"] == 1.0
     assert record["train/reward"] == 0.0, "well-formed answers score F1 0, not a crash"
     errors = {k: v for k, v in record.items() if k.startswith("tools/errors/")}
