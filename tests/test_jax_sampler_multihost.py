@@ -1,7 +1,8 @@
 """Multi-host sampling: two CPU processes (2 devices each, mesh data=2 x tp=2) drive their own
 requests through one SPMD JaxSampler in lockstep. Each gets its own requests' tokens, with
 log-probs equal to the unsharded policy's, and the tokens a single-process unsharded sampler
-draws for the same seeds (up to rare inverse-CDF boundary flips from sharded reductions)."""
+draws for the same seeds (exactly, but for at most one inverse-CDF boundary flip, whose
+probability the test derives)."""
 
 import asyncio
 import json
@@ -100,8 +101,14 @@ def test_two_processes_sample_in_lockstep_like_one_unsharded_sampler():
     for (prompt, _, _), (ids, logprobs) in zip(REQUESTS[0] + REQUESTS[1], results, strict=True):
         trainer = policy_logprobs(policy, prompt + ids)[len(prompt) :]
         assert np.max(np.abs(trainer - np.asarray(logprobs))) <= 1e-4
+    # The tokens are the unsharded sampler's, exactly, except where a sharded reduction moves a
+    # CDF boundary across the row's uniform draw. That needs the draw to fall within the two
+    # distributions' total-variation distance of a boundary, and TV <= max |delta log p| <= 1e-4
+    # (checked above): over these 86 tokens, P(any flip) < 1% and P(two) < 1e-4. A flip changes
+    # the rest of its row (its context differs from there on), so rows are compared whole: at
+    # most one may differ, and only after a shared prefix.
     reference = reference_tokens(policy)
-    same = sum(
-        a == b for t, r in zip(tokens, reference, strict=True) for a, b in zip(t, r, strict=True)
-    )
-    assert same >= 0.95 * sum(map(len, tokens))
+    differ = [i for i, (t, r) in enumerate(zip(tokens, reference, strict=True)) if t != r]
+    assert len(differ) <= 1, differ
+    for i in differ:
+        assert tokens[i][0] == reference[i][0] or len(tokens[i]) == 1
