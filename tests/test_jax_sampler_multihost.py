@@ -106,9 +106,7 @@ def test_two_processes_sample_in_lockstep_like_one_unsharded_sampler():
     # distributions' total-variation distance of a boundary, and TV <= max |delta log p| <= 1e-4
     # (checked above): over these 86 tokens, P(any flip) < 1% and P(two) < 1e-4. A flip changes
     # the rest of its row (its context differs from there on), so rows are compared whole: at
-    # most one may differ, and only after a shared prefix.
+    # most one may differ.
     reference = reference_tokens(policy)
     differ = [i for i, (t, r) in enumerate(zip(tokens, reference, strict=True)) if t != r]
     assert len(differ) <= 1, differ
-    for i in differ:
-        assert tokens[i][0] == reference[i][0] or len(tokens[i]) == 1
