@@ -10,7 +10,7 @@ from flax import nnx
 from models_reference import CONFIGS, hf_logits, left_padded_batch, random_hf_model, save_hf
 
 from dr_jax.models import KVCache, ModelConfig, init_policy, load_pretrained
-from dr_jax.models.flops import matmul_params, training_flops_per_token
+from dr_jax.models.flops import learner_flops, matmul_params, training_flops_per_token
 
 LENGTHS = [7, 12, 3]  # a left-padded batch: rows of 7, 12 and 3 real tokens
 
@@ -252,6 +252,14 @@ def test_flops_count_every_matmul_weight_and_causal_attention(qwen3_pair):
     flops = training_flops_per_token(config, 100)
     assert flops == 6 * (kernels + lm_head) + per_key * 100
     assert training_flops_per_token(config, 100, causal=False) == flops + per_key * 100
+    # the learner: layers on every token, the LM head on the 30 trained ones of 200
+    head = 2 * config.hidden_size * config.vocab_size
+    assert learner_flops(config, 100, 200, 30, updates=1, forward_passes=1) == pytest.approx(
+        4 * ((flops / 3 - head) * 200 + head * 30)
+    )
+    assert learner_flops(config, 100, 200, 200, updates=1, forward_passes=0) == pytest.approx(
+        200 * flops
+    )
 
 
 QWEN25_7B_INSTRUCT = {  # config.json as released (transformers 4.x field names)

@@ -26,3 +26,21 @@ def training_flops_per_token(config: ModelConfig, seq_len: int, *, causal: bool 
     """
     attention = 12 * config.num_layers * config.num_heads * config.head_dim * seq_len
     return 6 * matmul_params(config) + (attention / 2 if causal else attention)
+
+
+def learner_flops(
+    config: ModelConfig,
+    seq_len: int,
+    tokens: float,
+    scored: float,
+    *,
+    updates: int,
+    forward_passes: int,
+) -> float:
+    """FLOPs the learner computes for a batch of `tokens` real tokens (rows of `seq_len`), of
+    which `scored` are trained: the layers run on every token, the LM head only on the scored
+    ones (train/logprobs.py). Each update is a forward and a backward (3 forwards' worth), each
+    log-prob pass a forward."""
+    head = 2 * config.hidden_size * config.vocab_size  # forward FLOPs per unembedded token
+    layers = training_flops_per_token(config, seq_len) / 3 - head
+    return (3 * updates + forward_passes) * (layers * tokens + head * scored)

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dr_jax import losses
-from dr_jax.models.flops import training_flops_per_token
+from dr_jax.models.flops import learner_flops
 from dr_jax.retry import retry
 from dr_jax.reward import deepresearcher_score
 from dr_jax.rollout import JaxSampler, rollout_metrics
@@ -377,14 +377,16 @@ class GRPOLoop:
 
     def _throughput(self, seqs: PaddedSequences, seconds: dict[str, float]) -> dict[str, float]:
         """Tokens/s of rollout and learner, and the learner's model-FLOPs utilisation when the
-        device peak is known: F = training_flops_per_token (6N + attention) per token and epoch,
-        F / 3 per token of each forward-only log-prob pass."""
+        device peak is known (`learner_flops`: the FLOPs it computes, the LM head on trained
+        tokens only)."""
         real_tokens = float(seqs.attention_mask.sum())
-        passes = (not self.on_policy) + (self.ref_params is not None)
-        per_token = training_flops_per_token(self.learner.policy.config, seqs.tokens.shape[1])
-        flops = real_tokens * per_token * (self.config.epochs + passes / 3)
-        learner_s = max(seconds["logprobs"] + seconds["update"], 1e-9)
         sampled = float(seqs.loss_mask.sum())
+        passes = (not self.on_policy) + (self.ref_params is not None)
+        flops = learner_flops(
+            self.learner.policy.config, seqs.tokens.shape[1], real_tokens, sampled,
+            updates=self.config.epochs, forward_passes=passes,
+        )  # fmt: skip
+        learner_s = max(seconds["logprobs"] + seconds["update"], 1e-9)
         out = {
             "perf/sampled_tokens_per_s": sampled / max(seconds["rollout"], 1e-9),
             "perf/learner_tokens_per_s": real_tokens * (self.config.epochs + passes) / learner_s,
