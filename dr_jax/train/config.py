@@ -274,7 +274,9 @@ def deepresearcher_preset(**overrides: Any) -> TrainConfig:
     one AdamW update per step at lr 1e-6, clip 0.2, k3 KL 0.001, entropy 0.001, T = 1.0,
     10 turns of at most 2000 tokens, Serper search (key in $SERPER_API_KEY) and an LLM reading
     agent ($DR_JAX_READER_URL / $DR_JAX_READER_MODEL, default DashScope qwen-plus with the key
-    in $DASHSCOPE_API_KEY), validation on the dev set and a checkpoint every step.
+    in $DASHSCOPE_API_KEY), validation on the dev set and a checkpoint every step. The prompt is
+    dr_jax's DeepResearcher-format one (--prompt.style full: the same tags and both tool
+    schemas); DeepResearcher's own text goes in with --prompt.system-file / --prompt.tools-file.
 
     Memory (sized for Qwen2.5-7B on a v5p 4x4 mesh, rows up to 32,768 tokens; check with
     `--compile-only v5p:2x2x4`): full layer remat, splash attention on TPU (cuDNN on GPU),
