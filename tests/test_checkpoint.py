@@ -138,6 +138,24 @@ def test_directory_of_another_configuration_is_refused(tmp_path):
         Checkpointer(tmp_path, fingerprint={**FINGERPRINT, "lr": 3e-4})
 
 
+def test_an_unreadable_newest_checkpoint_is_set_aside_and_the_one_before_restored(tmp_path):
+    with Checkpointer(tmp_path, fingerprint=FINGERPRINT) as ckpt:
+        ckpt.save(small_state(1.0, 1))
+        ckpt.save(small_state(2.0, 2))
+    for path in (tmp_path / "2" / "state").rglob("*"):  # damaged: its arrays are gone
+        if path.is_file():
+            path.unlink()
+    with Checkpointer(tmp_path, fingerprint=FINGERPRINT) as ckpt:
+        with pytest.warns(UserWarning, match=r"checkpoint 2 .* unreadable .*corrupt/2-"):
+            state, _ = ckpt.restore(small_state(0.0, 0))
+        assert int(state.step) == 1 and ckpt.all_steps() == [1]
+        ckpt.save(small_state(3.0, 2))  # the run saves that step again
+        ckpt.wait()
+        assert ckpt.all_steps() == [1, 2]
+    [aside] = (tmp_path / "corrupt").iterdir()
+    assert aside.name.startswith("2-") and (aside / "state").is_dir(), "kept, never deleted"
+
+
 def test_restore_from_an_empty_directory_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Checkpointer(tmp_path).restore(small_state(0.0, 0))

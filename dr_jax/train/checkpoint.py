@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +98,35 @@ class Checkpointer:
     def restore(
         self, template: TrainState, step: int | None = None
     ) -> tuple[TrainState, dict[str, Any]]:
-        """(state, extra) of `step` (default: the latest), placed like `template` (any mesh)."""
+        """(state, extra) of `step`, placed like `template` (any mesh). Without a step: the
+        newest checkpoint that reads; an unreadable newer one is said, and moved aside to
+        corrupt/<step>-<time> (kept, never deleted) so the run can save that step again."""
         self.wait()
-        step = self.latest_step() if step is None else step
-        if step is None:
+        if step is not None:
+            return self._restore(template, step)
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        for newest in steps[:-1]:
+            try:
+                return self._restore(template, newest)
+            except Exception as error:  # orbax raises many kinds for a damaged checkpoint
+                self._set_aside(newest, error)
+        return self._restore(template, steps[-1])
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        aside = self.directory / "corrupt" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        warnings.warn(
+            f"checkpoint {step} in {self.directory} is unreadable ({type(error).__name__}: "
+            f"{' '.join(str(error).split())[:300]}); moved to {aside}, resuming from an older one",
+            stacklevel=3,
+        )
+        if jax.process_index() == 0:
+            aside.parent.mkdir(exist_ok=True)
+            os.replace(self.directory / str(step), aside)
+        self._manager.reload()
+
+    def _restore(self, template: TrainState, step: int) -> tuple[TrainState, dict[str, Any]]:
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
