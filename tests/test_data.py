@@ -199,3 +199,29 @@ def test_jsonl_row_without_answers_is_named(tmp_path):
     path.write_text('{"question": "q", "answers": ["a"]}\n{"question": "r"}\n')
     with pytest.raises(DataError, match=r"missing column\(s\) \['answers'\]"):
         load_dataset(path)
+
+
+def test_validation_never_runs_on_training_questions(tmp_path):
+    """One training file needs --data.dev-source (or no validation); a directory's dev split and
+    a dev file are both filtered by --data.data-sources; a directory without dev.* trains when
+    validation is off."""
+    from dr_jax.train.config import DataConfig
+    from dr_jax.train.run import load_questions
+
+    rows = [{"question": f"q{i}", "answers": ["a"], "data_source": ["nq", "tq"][i % 2]}
+            for i in range(6)]  # fmt: skip
+    for name in ("train", "dev"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    one_file = DataConfig(source=str(tmp_path / "train.jsonl"))
+    with pytest.raises(ValueError, match=r"--data\.dev-source"):
+        load_questions(one_file, None)
+    train, dev = load_questions(one_file, None, validate=False)
+    assert len(train) == 6 and dev == []
+    both = DataConfig(source=str(tmp_path / "train.jsonl"), dev_source=str(tmp_path / "dev.jsonl"),
+                      data_sources=("nq",))  # fmt: skip
+    train, dev = load_questions(both, None)
+    assert {e.data_source for e in train + dev} == {"nq"} and len(dev) == 3
+    directory = DataConfig(source=str(tmp_path), data_sources=("tq",))
+    assert {e.data_source for e in load_questions(directory, None)[1]} == {"tq"}
+    (tmp_path / "dev.jsonl").unlink()
+    assert len(load_questions(directory, None, validate=False)[0]) == 3

@@ -47,21 +47,33 @@ TODAY = "2025-04-01"
 """The date the system prompt states in training and validation (fixed, so runs reproduce)."""
 
 
-def load_questions(config: DataConfig, world: World | None) -> tuple[list[QAExample], list]:
-    """(train, dev) examples: the world's splits, or DeepResearcher-schema files."""
+def load_questions(
+    config: DataConfig, world: World | None, validate: bool = True
+) -> tuple[list[QAExample], list]:
+    """(train, dev) examples: the world's splits, or DeepResearcher-schema files. Dev questions
+    are never training ones: a single training file needs --data.dev-source (unless
+    `validate` is off), and --data.data-sources filters both."""
     sources = config.data_sources or None
     if config.source == WORLD:
         assert world is not None
         train = examples_from_questions(world_questions(world, "train", sources))
         dev = examples_from_questions(world_questions(world, "dev", sources))
-    else:
-        path = Path(config.source)
-        train = load_dataset(path, split="train" if path.is_dir() else None, data_sources=sources)
-        dev = []
-    if config.dev_source or config.source != WORLD:
-        dev_path = Path(config.dev_source or config.source)
-        dev = load_dataset(dev_path, split="dev" if dev_path.is_dir() else None)
-    return train, dev
+        if config.dev_source:
+            dev = load_dataset(Path(config.dev_source), data_sources=sources)
+        return train, dev
+    path = Path(config.source)
+    train = load_dataset(path, split="train" if path.is_dir() else None, data_sources=sources)
+    if not validate:
+        return train, []
+    if config.dev_source:
+        return train, load_dataset(Path(config.dev_source), data_sources=sources)
+    if not path.is_dir():
+        raise ValueError(
+            f"--data.source {path} is one file, and validation never runs on training questions: "
+            "name the dev questions with --data.dev-source FILE, or turn validation off with "
+            "--grpo.val-questions 0"
+        )
+    return train, load_dataset(path, split="dev", data_sources=sources)
 
 
 def world_questions(world: World, split: str, sources: tuple[str, ...] | None) -> list:
@@ -185,7 +197,7 @@ async def train(config: TrainConfig) -> dict[str, Any]:
     world = None
     if needs_world:
         world = World.generate(config.data.world_seed, _size(config.data.world_size))
-    train_examples, dev_examples = load_questions(config.data, world)
+    train_examples, dev_examples = load_questions(config.data, world, g.val_questions > 0)
     dev_examples = dev_examples[: g.val_questions]
     tokenizer = build_tokenizer(config.policy)
 
