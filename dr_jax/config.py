@@ -85,7 +85,17 @@ class SamplerConfig:
             raise ValueError(f"--sampler.top-k must be -1 (off) or >= 1, got {self.top_k}.")
         if self.max_new_tokens < 1:
             raise ValueError(f"--sampler.max-new-tokens must be >= 1, got {self.max_new_tokens}.")
+        at_least(self, "sampler", max_batch_size=1, max_seq_len=2)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+def at_least(config: object, group: str, **minimums: float) -> None:
+    """Refuse a field below its minimum, naming the flag (--group.field-name) and the bound."""
+    for name, minimum in minimums.items():
+        value = getattr(config, name)
+        if value < minimum:
+            flag = f"--{group}.{name.replace('_', '-')}"
+            raise ValueError(f"{flag} must be >= {minimum}, got {value}.")

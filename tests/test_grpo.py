@@ -1,14 +1,16 @@
 """GRPO loop pieces: rewards of trajectories, importance weights, SFT sequences, configs."""
 
 import asyncio
+import re
 
 import numpy as np
 import pytest
 
+from dr_jax.config import SamplerConfig
 from dr_jax.rollout import Trajectory
 from dr_jax.rollout.prompts import default_prompt
 from dr_jax.tools import ToolExecutor, ToolsConfig
-from dr_jax.train.config import GRPOConfig, TrainConfig, deepresearcher_preset
+from dr_jax.train.config import GRPOConfig, SFTConfig, TrainConfig, deepresearcher_preset
 from dr_jax.train.grpo import (
     logprob_gap,
     reward_metrics,
@@ -17,6 +19,7 @@ from dr_jax.train.grpo import (
     truncated_is_weights,
 )
 from dr_jax.train.sft import demonstration_ids, solve_questions
+from dr_jax.train.step import LossConfig
 from dr_jax.world import World, WorldServer
 
 
@@ -59,6 +62,35 @@ def test_configs_refuse_inconsistent_batches_with_the_flag_to_fix():
         GRPOConfig(questions_per_step=3, group_size=2, mini_batches=4)
     with pytest.raises(ValueError, match=r"--grpo\.micro-batch-size"):
         GRPOConfig(questions_per_step=4, group_size=2, mini_batches=2, micro_batch_size=3)
+
+
+@pytest.mark.parametrize(
+    "build, flag",
+    [
+        (lambda: GRPOConfig(save_every=0), "--grpo.save-every"),
+        (lambda: GRPOConfig(pad_multiple=0), "--grpo.pad-multiple"),
+        (lambda: GRPOConfig(val_temperature=-1), "--grpo.val-temperature"),
+        (lambda: GRPOConfig(max_infra_failures=2), "--grpo.max-infra-failures"),
+        (lambda: SFTConfig(batch_size=0), "--sft.batch-size"),
+        (lambda: LossConfig(kl_coef=-1), "--loss.kl-coef"),
+        (lambda: LossConfig(clip_low=5), "--loss.clip-low"),
+        (lambda: SamplerConfig(max_batch_size=0), "--sampler.max-batch-size"),
+    ],
+)
+def test_numeric_flags_are_checked_when_parsed_naming_the_flag(build, flag):
+    with pytest.raises(ValueError, match=re.escape(flag)):
+        build()
+
+
+def test_lengths_that_leave_the_prompt_no_room_are_refused_before_anything_runs(tmp_path):
+    from test_train_e2e import tiny_config
+
+    from dr_jax.train.run import train
+
+    short = tiny_config(tmp_path, sampler=SamplerConfig(max_new_tokens=8, max_seq_len=50))
+    with pytest.raises(ValueError, match=r"--sampler\.max-seq-len 50 leaves no room"):
+        asyncio.run(train(short))
+    assert not (tmp_path / "checkpoints" / "fingerprint.json").exists()
 
 
 def test_deepresearcher_preset_has_the_papers_hyperparameters():

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from dr_jax.config import PolicyConfig, SamplerConfig
+from dr_jax.config import PolicyConfig, SamplerConfig, at_least
 from dr_jax.losses import AdvantageKind
 from dr_jax.rollout.prompts import PromptConfig
 from dr_jax.tools import ToolsConfig
@@ -90,6 +90,9 @@ class GRPOConfig:
             )
         if self.tis_cap < 0:
             raise ValueError("--grpo.tis-cap must be >= 0 (0 turns truncated IS off).")
+        at_least(self, "grpo", gap_probe_rows=0, micro_batch_size=0, logprob_chunk=0,
+                 pad_multiple=1, max_row_tokens=2, validate_every=0, val_questions=0,
+                 val_temperature=0.0, save_every=1, keep_checkpoints=1)  # fmt: skip
         if not 0.0 <= self.max_infra_failures <= 1.0:
             raise ValueError("--grpo.max-infra-failures is a share of a step's trajectories, in "
                              f"[0, 1]; got {self.max_infra_failures}.")  # fmt: skip
@@ -114,6 +117,10 @@ class SFTConfig:
     trust_snippets: bool = False
     """The oracle answers from search snippets that state the facts instead of reading every
     page: shorter demonstrations, with no URL to copy (which a tiny policy copies badly)."""
+
+    def __post_init__(self) -> None:
+        at_least(self, "sft", steps=0, batch_size=1, lr=0.0, warmup_steps=0, num_traces=1,
+                 max_tokens=0)  # fmt: skip
 
     def optimizer(self) -> OptimConfig:
         """AdamW (b2 0.99, weight decay 1e-4, clip 1.0): linear warm-up to `lr`, then a cosine

@@ -158,6 +158,22 @@ async def warm_start(
     return tuned
 
 
+def check_room(config: TrainConfig, tokenizer: Any, examples: list[QAExample]) -> None:
+    """Refuse lengths that leave the longest question's prompt no room to answer in (a run would
+    otherwise sample and train nothing)."""
+    longest = max(examples, key=lambda e: len(e.question), default=None)
+    if longest is None:
+        return
+    prompt = len(config.prompt.template().prompt_ids(tokenizer, longest.question, today=TODAY))
+    for flag, limit in (("--sampler.max-seq-len", config.sampler.max_seq_len),
+                        ("--grpo.max-row-tokens", config.grpo.max_row_tokens)):  # fmt: skip
+        if limit <= prompt:
+            raise ValueError(
+                f"{flag} {limit} leaves no room: the longest question's prompt is {prompt} "
+                f"tokens; raise it above {prompt} (a few hundred more for the turns)"
+            )
+
+
 def pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -200,6 +216,7 @@ async def train(config: TrainConfig) -> dict[str, Any]:
     train_examples, dev_examples = load_questions(config.data, world, g.val_questions > 0)
     dev_examples = dev_examples[: g.val_questions]
     tokenizer = build_tokenizer(config.policy)
+    check_room(config, tokenizer, train_examples + dev_examples)
 
     async with start_world_tools(config.tools, world=world) as tools:
         policy = build_policy(config.policy, mesh)

@@ -23,6 +23,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dr_jax import losses
+from dr_jax.config import at_least
 from dr_jax.sharding import (
     BATCH_AXES,
     DEFAULT_RULES,
@@ -66,6 +67,12 @@ class LossConfig:
             raise ValueError("temperature must be > 0 (the sampler's temperature)")
         if self.agg_norm is not None and self.agg_norm <= 0:
             raise ValueError(f"agg_norm={self.agg_norm} must be > 0")
+        at_least(self, "loss", kl_coef=0.0, entropy_coef=0.0, clip_low=0.0, clip_high=0.0)
+        if self.clip_low >= 1:
+            raise ValueError(f"--loss.clip-low must be < 1 (the ratio floor 1 - clip_low), got "
+                             f"{self.clip_low}.")  # fmt: skip
+        if self.kl_clamp is not None and self.kl_clamp <= 0:
+            raise ValueError(f"--loss.kl-clamp must be > 0 (or None), got {self.kl_clamp}.")
 
 
 class TrainBatch(NamedTuple):
