@@ -4,6 +4,7 @@ Each turns one config piece from `dr_jax.config` (or `ToolsConfig`) into a live 
 `launch/train.py` and `launch/eval.py` assemble a run the same way.
 """
 
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -82,6 +83,25 @@ def build_sampler(
     )
 
 
+WORLD_PORT = 41766
+"""The world's port: its URLs are in every observation, so a run is reproducible only if they
+are the same each time."""
+
+
+def serve_world(world: World) -> WorldServer:
+    """The world served on loopback at WORLD_PORT, or at any free port when another process holds
+    it (said: the URLs in observations, and so the run, then differ from a run at WORLD_PORT)."""
+    try:
+        return WorldServer(world, host=LOOPBACK, port=WORLD_PORT).start()
+    except OSError:
+        warnings.warn(
+            f"port {WORLD_PORT} is taken: the world is served at another port, so its URLs (and "
+            "this run) differ from a run at the usual one",
+            stacklevel=2,
+        )
+        return WorldServer(world, host=LOOPBACK, port=0).start()
+
+
 @asynccontextmanager
 async def start_world_tools(
     config: ToolsConfig, world: World | None = None, world_seed: int = 0
@@ -97,7 +117,7 @@ async def start_world_tools(
             yield tools
         return
     world = world if world is not None else World.generate(seed=world_seed)
-    with WorldServer(world, host=LOOPBACK, port=0) as server:
+    with serve_world(world) as server:
         served = config.replace(search_url=server.url, allow_hosts=(*config.allow_hosts, LOOPBACK))
         async with ToolExecutor(served) as tools:
             yield tools
