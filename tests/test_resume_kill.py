@@ -1,5 +1,6 @@
 """`kill -9` in the middle of a run, then the same command: the run continues where its last
-checkpoint left it — no question seen twice, none skipped, metrics continuing step by step."""
+checkpoint left it — no question seen twice, none skipped, metrics continuing step by step — and
+ends with the metrics of the same command run without interruption (timings aside)."""
 
 import os
 import signal
@@ -39,7 +40,7 @@ def command(run_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.mark.slow  # two fresh processes, each compiling sampler and learner (~2-6 min on 2 cores)
+@pytest.mark.slow  # three fresh processes, each compiling sampler and learner (~2-6 min each)
 def test_kill_9_then_the_same_command_resumes_with_the_same_data_position(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     run = subprocess.Popen(
@@ -71,3 +72,17 @@ def test_kill_9_then_the_same_command_resumes_with_the_same_data_position(tmp_pa
     expected = DataIterator(train_examples, 2, seed=0)
     assert seen == [e.id for _ in range(STEPS) for e in expected.next_batch()]
     assert len(set(seen)) == len(seen), "no question seen twice"
+
+    # the same command never interrupted: the same run, metric for metric (timings aside)
+    straight = tmp_path / "straight"
+    done = subprocess.run(command(straight), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert comparable(read_jsonl(straight / "metrics.jsonl")) == comparable(records)
+
+
+def comparable(records: list[dict]) -> list[dict]:
+    """The records without what depends on the machine's speed (wall times, rates, latencies)."""
+    timed = ("time", "perf/", "tools/latency_s/", "train/sampling_time_share",
+             "train/tools_time_share", "val/sampling_time_share",
+             "val/tools_time_share")  # fmt: skip
+    return [{k: v for k, v in r.items() if not k.startswith(timed)} for r in records]
