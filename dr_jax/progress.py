@@ -20,14 +20,19 @@ class Progress:
             tqdm(total=total, desc=desc, leave=False) if self.enabled and self._tty else None
         )
         self._count = 0
+        self._shown: dict[str, object] = {}
         self._started = self._last = time.monotonic()
 
-    def done(self, n: int = 1) -> None:
+    def done(self, n: int = 1, **shown: object) -> None:
+        """`n` more finished; `shown` (e.g. f1="0.412") goes beside the bar or into the line."""
         if not self.enabled:
             return
         self._count += n
+        self._shown = shown or self._shown
         if self._bar is not None:
             self._bar.update(n)
+            if shown:
+                self._bar.set_postfix(shown, refresh=False)
             return
         now = time.monotonic()
         if now - self._last >= self.every and self._count < self.total:
@@ -37,7 +42,9 @@ class Progress:
     def line(self, elapsed: float) -> str:
         """ "desc: 23/50, 70 s, about 82 s left" (the rate so far)."""
         left = f"{elapsed / self._count * (self.total - self._count):.0f}" if self._count else "?"
-        return f"{self.desc}: {self._count}/{self.total}, {elapsed:.0f} s, about {left} s left"
+        shown = "".join(f", {k} {v}" for k, v in self._shown.items())
+        return (f"{self.desc}: {self._count}/{self.total}, {elapsed:.0f} s, about {left} s "
+                f"left{shown}")  # fmt: skip
 
     def close(self) -> None:
         if self._bar is not None:

@@ -13,7 +13,7 @@ def test_off_a_terminal_progress_prints_plain_periodic_lines(capsys):
     assert [line.split(",")[0] for line in lines] == ["validation: 1/4", "validation: 2/4",
                                                       "validation: 3/4"]  # fmt: skip
     assert all(line.endswith(" s left") and "\r" not in line for line in lines)
-    assert Progress(4, "x").line(10.0).startswith("x: 0/4, 10 s, about ? s left")
+    assert Progress(4, "x").line(10.0) == "x: 0/4, 10 s, about ? s left"
 
 
 def test_a_disabled_progress_says_nothing(capsys):

@@ -10,8 +10,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from dr_jax.config import PolicyConfig, SamplerConfig
 from dr_jax.data import QAExample, examples_from_questions, load_dataset
 from dr_jax.eval.oracle import WORLD, OracleSampler
@@ -28,6 +26,7 @@ from dr_jax.eval.records import (
 )
 from dr_jax.eval.summary import write_summary
 from dr_jax.judge import Judge, JudgeConfig
+from dr_jax.progress import Progress
 from dr_jax.rollout import (
     Agent,
     AgentConfig,
@@ -258,8 +257,8 @@ async def _run(
             today=config.today,
         )
         agent = Agent(sampler, tokenizer, tools, config=agent_config, template=template)
-        finished = len(examples) - len(todo)
-        progress = stack.enter_context(tqdm(total=len(examples), initial=finished, unit="q"))
+        progress = Progress(len(todo), "evaluation")
+        stack.callback(progress.close)
         f1_sum = sum(done[e.id]["f1"] for e in examples if e.id in done)
         in_flight = asyncio.Semaphore(config.concurrency)
         position = {e.id: i for i, e in enumerate(examples)}
@@ -276,8 +275,7 @@ async def _run(
             append_records(samples_path, [record])
             done[record.id] = asdict(record)
             f1_sum += record.f1
-            progress.update(1)
-            progress.set_postfix(f1=f"{f1_sum / progress.n:.3f}")
+            progress.done(f1=f"{f1_sum / len(done):.3f}")
 
 
 async def score_trajectory(

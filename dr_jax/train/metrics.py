@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
+
+from dr_jax.progress import Progress
 
 
 @dataclass
@@ -26,7 +29,8 @@ class MetricsConfig:
     tensorboard: bool = True
     """Write TensorBoard event files to <run_dir>/tb."""
     progress_bar: bool = True
-    """Show a tqdm progress bar over the GRPO steps."""
+    """Show progress over the steps: a bar with an ETA on a terminal, a line every 30 s in a
+    log."""
     samples_per_step: int = 16
     """Trajectories written to <run_dir>/samples/step_XXXXXX.jsonl each step, this many of the
     step's training rollouts and as many of its validation's (0 = none); `python -m
@@ -66,8 +70,11 @@ class MetricsWriter:
             self._tb = SummaryWriter(
                 str(self.run_dir / "tb"), purge_step=start_step + 1, flush_secs=10
             )
-        if config.progress_bar:
+        self._lines = None
+        if config.progress_bar and sys.stderr.isatty():
             self._bar = tqdm(total=total_steps, initial=max(start_step, 0), desc=desc, unit="step")
+        elif config.progress_bar:  # a log file: a plain line now and then, no carriage returns
+            self._lines = Progress(total_steps - max(start_step, 0), desc)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Write one record; non-finite values are kept in JSON as null."""
@@ -92,6 +99,8 @@ class MetricsWriter:
         """One step finished."""
         if self._bar is not None:
             self._bar.update(1)
+        if self._lines is not None:
+            self._lines.done()
 
     def dump_samples(self, step: int, samples: Sequence[Mapping[str, object]]) -> Path | None:
         """Write one step's trajectory records as JSON lines (atomically: a step redone after a
