@@ -8,6 +8,7 @@ prose, beyond the first reading window of the browse tool.
 
 import html
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dr_jax.world.generator import Entity
@@ -326,17 +327,7 @@ def _encyclopedia(page: _Page) -> str:
     )
     rows = "\n".join(f"<tr><th>{label}</th><td>{value}</td></tr>" for label, value in page.infobox)
     related = "\n".join(f"<li>{link}</li>" for link in page.related)
-    nav = " | ".join(f'<a href="/">{item}</a>' for item in NAV)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head><meta charset="utf-8"><title>{name} - {SITE}</title></head>
-<body>
-<header><nav class="site-nav"><b>{SITE}</b> | {nav}</nav>
-<form action="/search"><input name="q" placeholder="Search {SITE}"></form></header>
-<main>
-<article>
-<h1>{name}</h1>
-{hatnote}<p>{page.lead}</p>
+    article = f"""{hatnote}<p>{page.lead}</p>
 <table class="infobox">
 <caption>{name}</caption>
 {rows}
@@ -345,16 +336,13 @@ def _encyclopedia(page: _Page) -> str:
 <h2>See also</h2>
 <ul>
 {related}
-</ul>
-</article>
-</main>
-<footer><p>This article is part of {SITE}, a fictional encyclopedia generated for research
+</ul>"""
+    footer = f"""<p>This article is part of {SITE}, a fictional encyclopedia generated for research
 agents. Text is available under the Creative Commons Attribution-ShareAlike License.</p>
 <p><a href="/">Privacy policy</a> | <a href="/">About {SITE}</a> | <a href="/">Disclaimers</a>
-</p></footer>
-</body>
-</html>
-"""
+</p>"""
+    search = f'<form action="/search"><input name="q" placeholder="Search {SITE}"></form>'
+    return _document(name, SITE, NAV, search, article, "", footer)
 
 
 def _news(page: _Page, rng: random.Random) -> str:
@@ -369,29 +357,41 @@ def _news(page: _Page, rng: random.Random) -> str:
         paragraphs.insert(0, f"<em>This report is not about {page.hatnote}.</em>")
     body = "\n".join(f"<p>{p}</p>" for p in paragraphs)
     related = "\n".join(f"<li>{link}</li>" for link in page.related)
-    nav = " | ".join(f'<a href="/">{item}</a>' for item in NEWS_NAV)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head><meta charset="utf-8"><title>{name} - {NEWS_SITE}</title></head>
-<body>
-<header><nav class="site-nav"><b>{NEWS_SITE}</b> | {nav}</nav>
-<p class="subscribe">Subscribe for unlimited access to {NEWS_SITE} reporting.</p></header>
-<main>
-<article>
-<h1>{name}</h1>
-<p class="byline">By {reporter}, staff reporter</p>
+    article = f"""<p class="byline">By {reporter}, staff reporter</p>
 {body}
 <h2>Related coverage</h2>
 <ul>
 {related}
-</ul>
-</article>
-<aside><h3>Most read</h3><ol><li><a href="/">Weather warnings for the coast</a></li>
+</ul>"""
+    aside = """<aside><h3>Most read</h3><ol><li><a href="/">Weather warnings for the coast</a></li>
 <li><a href="/">Markets close higher</a></li></ol></aside>
-</main>
-<footer><p>&copy; {NEWS_SITE}, a fictional newspaper generated for research agents.
+"""
+    footer = f"""<p>&copy; {NEWS_SITE}, a fictional newspaper generated for research agents.
 <a href="/">Terms of use</a> | <a href="/">Privacy policy</a> | <a href="/">Contact us</a></p>
-</footer>
+"""
+    subscribe = f'<p class="subscribe">Subscribe for unlimited access to {NEWS_SITE} reporting.</p>'
+    return _document(name, NEWS_SITE, NEWS_NAV, subscribe, article, aside, footer)
+
+
+def _document(
+    name: str, site: str, nav: Sequence[str], header: str, article: str, aside: str, footer: str
+) -> str:
+    """The page around an article: the site's header and navigation, the article, an optional
+    aside, the footer."""
+    links = " | ".join(f'<a href="/">{item}</a>' for item in nav)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>{name} - {site}</title></head>
+<body>
+<header><nav class="site-nav"><b>{site}</b> | {links}</nav>
+{header}</header>
+<main>
+<article>
+<h1>{name}</h1>
+{article}
+</article>
+{aside}</main>
+<footer>{footer}</footer>
 </body>
 </html>
 """
