@@ -203,10 +203,10 @@ def _fmt(value: Any) -> str:
 
 
 def sample_files(run_dir: Path) -> list[tuple[str, Path]]:
-    """(phase, file) of every trajectory file of the run, in order: the untuned model's
-    validation, the GRPO steps, or an evaluation's samples.jsonl."""
-    files = [("untuned", p) for p in sorted((run_dir / "sft" / "samples").glob("*.jsonl"))]
-    files += [("step", p) for p in sorted((run_dir / "samples").glob("step_*.jsonl"))]
+    """(phase, file) of every trajectory file of the run, newest first: the GRPO steps, then
+    the untuned model's validation; or an evaluation's samples.jsonl."""
+    files = [("step", p) for p in sorted((run_dir / "samples").glob("step_*.jsonl"), reverse=True)]
+    files += [("untuned", p) for p in sorted((run_dir / "sft" / "samples").glob("*.jsonl"))]
     if (run_dir / "samples.jsonl").exists():
         files.append(("eval", run_dir / "samples.jsonl"))
     return files

@@ -143,7 +143,9 @@ def test_the_page_renders_in_chromium_and_its_filters_work(run_dir, tmp_path):
     train_cards, dev_cards = STEPS * SHOWN, STEPS // 10 * SHOWN
     assert counts["cards"] == train_cards + dev_cards
     assert counts["shown"] == f"{counts['cards']} of {counts['cards']} shown"
-    assert '"name": "web_search"' in first["calls"][0] and "Town1x0" in first["calls"][0]
+    assert (
+        '"name": "web_search"' in first["calls"][0] and "Town100x0" in first["calls"][0]
+    )  # newest
     assert first["obs"] == 1 and first["answer"] == "answer: Heikagei" and first["height"] > 100
     # each step shows 8 of 16 training rollouts (kinds 0,1,2,0,1,2,0,1) and 8 of 50 dev ones
     assert filtered["step 7"] == SHOWN and filtered["step 10"] == 2 * SHOWN
