@@ -70,6 +70,7 @@ def test_two_steps_checkpoint_resume_one_more_step(tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3]
     assert records[:2] == first, "resuming leaves the earlier steps' records alone"
     assert "val/reward" in last, "the last step validates"
+    assert 0.0 <= last["val/em"] <= last["val/f1"]
     assert len(list((tmp_path / "sft").glob("metrics.jsonl"))) == 1
     sft_runs = [r for r in read_jsonl(tmp_path / "sft" / "metrics.jsonl") if "time/sft" in r]
     assert len(sft_runs) == 1, "the resumed run reuses the warm start instead of redoing it"

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from dr_jax import losses
 from dr_jax.models.flops import learner_flops
 from dr_jax.retry import retry
-from dr_jax.reward import deepresearcher_score
+from dr_jax.reward import deepresearcher_score, exact_match
 from dr_jax.rollout import JaxSampler, rollout_metrics
 from dr_jax.rollout.sglang import SGLangError
 from dr_jax.rollout.trajectory import INFRA_FAILURES
@@ -153,6 +153,10 @@ async def validate(
     lost = np.array([t.finish_reason in INFRA_FAILURES for t in trajectories], bool)
     record = rollout_metrics(trajectories, prefix="val/")
     record.update(reward_metrics(rewards[~lost], "val"))
+    record["val/em"] = float(np.mean([
+        exact_match(t.answer, e.answers) if r > -1 and t.answer is not None else 0.0
+        for t, e, r, gone in zip(trajectories, examples, rewards, lost, strict=True) if not gone
+    ] or [np.nan]))  # fmt: skip
     record["val/infra_failures"] = int(lost.sum())
     record["time/validate"] = time.perf_counter() - start
     say(
