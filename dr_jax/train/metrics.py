@@ -57,7 +57,7 @@ class MetricsWriter:
         self.jsonl_path = self.run_dir / "metrics.jsonl"
         self.enabled = enabled
         """False: every method does nothing (the processes other than 0 of a multi-host run)."""
-        self._tb = self._bar = None
+        self._tb = self._bar = self._lines = None
         self._shown: dict[str, float] = {}
         if not enabled:
             return
@@ -70,7 +70,6 @@ class MetricsWriter:
             self._tb = SummaryWriter(
                 str(self.run_dir / "tb"), purge_step=start_step + 1, flush_secs=10
             )
-        self._lines = None
         if config.progress_bar and sys.stderr.isatty():
             self._bar = tqdm(total=total_steps, initial=max(start_step, 0), desc=desc, unit="step")
         elif config.progress_bar:  # a log file: a plain line now and then, no carriage returns
