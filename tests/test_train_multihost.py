@@ -110,8 +110,9 @@ def _record(proc: subprocess.Popen) -> list:
 
 
 def _untimed(record: dict) -> dict:
-    """A record without the wall-clock measurements each host makes for itself."""
-    return {k: v for k, v in record.items() if not k.startswith(("time/", "perf/"))}
+    """A record without what each host measures for itself: wall clocks, and its own tool
+    executor's counts and latencies (it runs its share of the trajectories' tool calls)."""
+    return {k: v for k, v in record.items() if not k.startswith(("time/", "perf/", "tools/"))}
 
 
 def _final_params(run_dir: Path) -> dict[str, np.ndarray]:
