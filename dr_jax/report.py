@@ -170,9 +170,8 @@ def render_trajectory(record: Mapping[str, Any], phase: str) -> str:
     (a GRPO step's), "untuned" (the validation before the warm start) or "eval"."""
     reward = record.get("reward", record.get("f1"))
     f1 = record.get("f1")
-    source = record.get("data_source") or "unknown"
+    when, source = labels(record, phase)
     split = record.get("split", "")
-    when = {"step": f"step {record.get('step')}", "eval": ""}.get(phase, phase)
     turns = []
     for message in messages_of(record):
         if message.get("role") == "assistant":
@@ -198,6 +197,12 @@ def render_trajectory(record: Mapping[str, Any], phase: str) -> str:
     )
 
 
+def labels(record: Mapping[str, Any], phase: str) -> tuple[str, str]:
+    """(when, data source): the card's step label and source, as the filters offer them."""
+    when = {"step": f"step {record.get('step')}", "eval": ""}.get(phase, phase)
+    return when, str(record.get("data_source") or "unknown")
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, int | float) else "–"
 
@@ -212,10 +217,11 @@ def sample_files(run_dir: Path) -> list[tuple[str, Path]]:
     return files
 
 
-def trajectory_cards(run_dir: Path, per_step: int) -> tuple[list[str], int]:
+def trajectory_cards(run_dir: Path, per_step: int) -> tuple[list[str], int, list[str], list[str]]:
     """The cards (at most per_step per step and split, or per data source of an evaluation, with
-    a link to the rest) and how many trajectories the files hold."""
-    cards, total = [], 0
+    a link to the rest), how many trajectories the files hold, and the steps and data sources
+    the cards show (for the filters)."""
+    cards, total, steps, sources = [], 0, {}, set()
     for phase, path in sample_files(run_dir):
         records = read_jsonl(path)
         total += len(records)
@@ -225,11 +231,15 @@ def trajectory_cards(run_dir: Path, per_step: int) -> tuple[list[str], int]:
             if shown.get(group, 0) < per_step:
                 shown[group] = shown.get(group, 0) + 1
                 cards.append(render_trajectory(record, phase))
+                when, source = labels(record, phase)
+                if when:  # an evaluation's cards have no step
+                    steps[when] = None
+                sources.add(source)
         left = len(records) - sum(shown.values())
         if left:
             rel = path.relative_to(run_dir).as_posix()
             cards.append(f'<p class="more">{left} more in <a href="{_e(rel)}">{_e(rel)}</a></p>')
-    return cards, total
+    return cards, total, list(steps), sorted(sources)
 
 
 # ------------------------------------------------------------------------------------- page
@@ -278,9 +288,7 @@ def build_report(run_dir: str | Path, per_step: int = 8) -> str:
     plots = curves(grpo, CURVES) + curves(sft, WARM_START_CURVES)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    cards, total = trajectory_cards(run_dir, per_step)
-    steps = list(dict.fromkeys(re.findall(r'data-step="([^"]*)"', "".join(cards))))
-    sources = sorted(set(re.findall(r'data-source="([^"]*)"', "".join(cards))))
+    cards, total, steps, sources = trajectory_cards(run_dir, per_step)
     figures = "".join(f'<figure title="{_e(t)}">{svg}</figure>' for t, svg in plots)
     options = lambda values: "".join(f'<option value="{_e(v)}">{_e(v)}</option>' for v in values)
     parts = [
