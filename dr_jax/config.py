@@ -83,9 +83,7 @@ class SamplerConfig:
             raise ValueError(f"--sampler.top-p must be in (0, 1], got {self.top_p}.")
         if self.top_k == 0 or self.top_k < -1:
             raise ValueError(f"--sampler.top-k must be -1 (off) or >= 1, got {self.top_k}.")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"--sampler.max-new-tokens must be >= 1, got {self.max_new_tokens}.")
-        at_least(self, "sampler", max_batch_size=1, max_seq_len=2)
+        at_least(self, "sampler", max_new_tokens=1, max_batch_size=1, max_seq_len=2)
 
     @property
     def greedy(self) -> bool:

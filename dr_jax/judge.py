@@ -45,6 +45,10 @@ FAILURES = (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError)
 """What a judge call can fail with (transport, status, a malformed or unusable reply): retried."""
 
 
+class UnusableReply(ValueError):
+    """The judge answered, but not with a verdict: asked again."""
+
+
 class JudgeConfigError(RuntimeError):
     """The endpoint rejected the request itself (bad URL, key or model): retrying cannot help."""
 
@@ -162,7 +166,7 @@ class Judge:
             reply = await self._ask(prompt)
             parsed = parse_judgement(reply)
             if parsed is None:
-                raise ValueError(f"unusable reply: {reply[:200]!r}")
+                raise UnusableReply(f"unusable reply: {reply[:200]!r}")
             correct, rationale = parsed
             return Verdict(correct, source="judge", attempts=attempt + 1, rationale=rationale)
 
@@ -171,7 +175,7 @@ class Judge:
             return await retry(once, attempts=attempts, retryable=lambda e: isinstance(e, FAILURES),
                                wait=exponential(self.config.backoff_s))  # fmt: skip
         except FAILURES as e:
-            error = str(e) if str(e).startswith("unusable reply") else f"{type(e).__name__}: {e}"
+            error = str(e) if isinstance(e, UnusableReply) else f"{type(e).__name__}: {e}"
             return Verdict(correct=None, source="unjudged", attempts=attempts, error=error)
 
     async def _ask(self, prompt: str) -> str:

@@ -52,11 +52,9 @@ def resolve_config(path: str | Path) -> ModelConfig:
         from dr_jax.models.gguf import GGUFModel
 
         return GGUFModel(local).config
-    if local.is_dir() or local.is_file() or str(path) in catalog.CATALOG:
-        return read_config(resolve_model(path))
-    if _HUB_ID.fullmatch(str(path)) and not local.parent.is_dir():
+    if not local.exists() and _HUB_ID.fullmatch(str(path)) and not local.parent.is_dir():
         return read_config(_from_hub(str(path), ["config.json"]))
-    return read_config(resolve_model(path))  # raises, naming what is accepted
+    return read_config(resolve_model(path))  # a local path or catalog name; else it says why
 
 
 def _from_hub(repo_id: str, patterns: list[str] = _HUB_FILES) -> Path:

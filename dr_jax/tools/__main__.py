@@ -139,18 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ToolsSetupError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.format == "json":
-        text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    print(text)
-    return 1 if _every_url_failed(args, text) else 0
-
-
-def _every_url_failed(args: argparse.Namespace, text: str) -> bool:
-    """A browse whose every URL got an error (the observation then holds errors only)."""
-    if args.command != "browse" or args.format != "json":
-        return False
+    if args.format != "json":
+        print(text)
+        return 0
     pages = json.loads(text)
-    return bool(pages) and all(isinstance(p, dict) and p.get("error") for p in pages)
+    print(json.dumps(pages, indent=2, ensure_ascii=False))
+    every_url_failed = all(isinstance(p, dict) and p.get("error") for p in pages)
+    return 1 if args.command == "browse" and pages and every_url_failed else 0
 
 
 if __name__ == "__main__":

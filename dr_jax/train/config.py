@@ -75,9 +75,8 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         rows = self.questions_per_step * self.group_size
-        for name in ("steps", "questions_per_step", "group_size", "mini_batches", "epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--grpo.{name.replace('_', '-')} must be >= 1.")
+        at_least(self, "grpo", steps=1, questions_per_step=1, group_size=1, mini_batches=1,
+                 epochs=1)  # fmt: skip
         if rows % self.mini_batches:
             raise ValueError(
                 f"--grpo.mini-batches={self.mini_batches} must divide questions_per_step x "

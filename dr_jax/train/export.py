@@ -35,15 +35,13 @@ def export_run(run_dir: str | Path, out: str | Path, step: int | None = None) ->
     from dr_jax.runtime import build_policy, build_tokenizer  # runtime builds runs from here
 
     run_dir, out = Path(run_dir), Path(out)
-    if not is_run_dir(run_dir):
-        raise FileNotFoundError(f"{run_dir} is not a training run (no checkpoints/{FINGERPRINT})")
-    fingerprint = json.loads((run_dir / "checkpoints" / FINGERPRINT).read_text())
+    fingerprint, checkpoints = _checkpoints(run_dir)
     policy_config = PolicyConfig(**fingerprint["policy"])
     base = policy_config
     if (run_dir / "warm_start" / "config.json").is_file():  # the run trained from there
         base = dataclasses.replace(policy_config, path=str(run_dir / "warm_start"))
     policy = build_policy(base)
-    with Checkpointer(run_dir / "checkpoints", fingerprint=fingerprint) as checkpoints:
+    with checkpoints:
         steps = checkpoints.all_steps()
         if not steps or (step is not None and step not in steps):
             raise FileNotFoundError(
@@ -62,14 +60,21 @@ def export_run(run_dir: str | Path, out: str | Path, step: int | None = None) ->
 
 def latest_export(run_dir: str | Path) -> Path:
     """The run's latest checkpoint as an HF directory (exported once, then reused)."""
-    directory = Path(run_dir) / "checkpoints"
-    fingerprint = json.loads((directory / FINGERPRINT).read_text())
-    with Checkpointer(directory, fingerprint=fingerprint) as checkpoints:
+    _, checkpoints = _checkpoints(Path(run_dir))
+    with checkpoints:
         step = checkpoints.latest_step()
     if step is None:
         raise FileNotFoundError(f"{run_dir}: the run has no checkpoint yet")
     out = Path(run_dir) / "export" / f"step_{step}"
     return out if (out / "config.json").is_file() else export_run(run_dir, out, step)
+
+
+def _checkpoints(run_dir: Path) -> tuple[dict[str, Any], Checkpointer]:
+    """The run's configuration, and its checkpoints opened under it."""
+    if not is_run_dir(run_dir):
+        raise FileNotFoundError(f"{run_dir} is not a training run (no checkpoints/{FINGERPRINT})")
+    fingerprint = json.loads((run_dir / "checkpoints" / FINGERPRINT).read_text())
+    return fingerprint, Checkpointer(run_dir / "checkpoints", fingerprint=fingerprint)
 
 
 def _template(params: Any, optim: dict[str, Any]) -> TrainState:

@@ -68,10 +68,15 @@ class InfraFailure(RuntimeError):
     """Too many of a step's trajectories were ended by the infrastructure."""
 
 
+def ended_by_infrastructure(trajectories: Sequence) -> np.ndarray:
+    """bool[N]: which trajectories a sampler error or abort ended (not the policy)."""
+    return np.array([t.finish_reason in INFRA_FAILURES for t in trajectories], bool)
+
+
 def infra_failures(trajectories: Sequence, max_share: float, step: int) -> np.ndarray:
     """bool[N]: which trajectories the infrastructure ended; raises when they are more than
     `max_share` of the step's (a broken server would otherwise train the policy on nothing)."""
-    lost = np.array([t.finish_reason in INFRA_FAILURES for t in trajectories], bool)
+    lost = ended_by_infrastructure(trajectories)
     if lost.mean() > max_share:
         errors = sorted({t.error or t.finish_reason for t in trajectories if t.finish_reason
                          in INFRA_FAILURES})  # fmt: skip
@@ -150,7 +155,7 @@ async def validate(
         agent, [e.question for e in examples], 1, rollout_seed(seed, -1), desc="validation"
     )
     rewards = score_trajectories(trajectories, [e.answers for e in examples])
-    lost = np.array([t.finish_reason in INFRA_FAILURES for t in trajectories], bool)
+    lost = ended_by_infrastructure(trajectories)
     record = rollout_metrics(trajectories, prefix="val/")
     record.update(reward_metrics(rewards[~lost], "val"))
     record["val/em"] = float(np.mean([
