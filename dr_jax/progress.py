@@ -15,10 +15,8 @@ class Progress:
     def __init__(self, total: int, desc: str, *, enabled: bool = True, every: float = 30.0):
         self.total, self.desc, self.every = total, desc, every
         self.enabled = enabled and total > 0
-        self._tty = sys.stderr.isatty()
-        self._bar = (
-            tqdm(total=total, desc=desc, leave=False) if self.enabled and self._tty else None
-        )
+        on_terminal = self.enabled and sys.stderr.isatty()
+        self._bar = tqdm(total=total, desc=desc, leave=False) if on_terminal else None
         self._count = 0
         self._shown: dict[str, object] = {}
         self._started = self._last = time.monotonic()
