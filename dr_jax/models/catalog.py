@@ -22,9 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from dr_jax.models.gguf import convert_gguf
+from dr_jax.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -88,13 +87,17 @@ def fetch(
         partial = root / f".{entry.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)  # a directory without config.json is unfinished
-        with tqdm(desc="converting to HF format", unit="tensor", file=sys.stderr) as bar:
+        _log(f"converting {model_file.name} to an HF directory (safetensors, tokenizer)")
+        bar: Progress | None = None
 
-            def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
+        def progress(done: int, total: int) -> None:  # called once per tensor written
+            nonlocal bar
+            bar = bar or Progress(total, "converting to HF format", every=5.0)
+            bar.done()
 
-            convert_gguf(model_file, partial, progress=progress)
+        convert_gguf(model_file, partial, progress=progress)
+        if bar is not None:
+            bar.close()
         partial.rename(out)
     return out
 
