@@ -22,3 +22,22 @@ def qwen_tokenizer():
     from dr_jax.models.tokenizer import qwen2_tokenizer
 
     return qwen2_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real redis-server on loopback for the session (tests/redis_server.py)."""
+    from redis_server import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The session's Redis, emptied for this test."""
+    import redis
+
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url

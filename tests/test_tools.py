@@ -413,7 +413,7 @@ def test_config_errors_name_the_fix():
         ToolsConfig(search_backend="bing")
     with pytest.raises(ValueError, match="needs reader_url and reader_model"):
         ToolsConfig.deepresearcher()
-    with pytest.raises(ValueError, match="set cache_path"):
+    with pytest.raises(ValueError, match="set cache_url"):
         ToolsConfig(replay=True)
     with pytest.raises(ValueError, match="call_timeout must be > 0"):
         ToolsConfig(call_timeout=0)

@@ -1,4 +1,6 @@
-"""The persistent cache: nothing is paid for twice, processes share it, replay needs no web."""
+"""The persistent cache: nothing is paid for twice, processes share it, replay needs no web.
+
+Each test with a `cache_url` runs on both backends: a SQLite file and a real Redis server."""
 
 import asyncio
 import json
@@ -6,13 +8,13 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
+import redis
 from loopback import LoopbackServer, Reply, Request
 
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession, ToolsSetupError
-from dr_jax.tools.cache import MemoryCache, ToolCache
+from dr_jax.tools.cache import MemoryCache, open_cache
 from dr_jax.tools.calls import ToolCall
 
 PAGE = (
@@ -32,6 +34,9 @@ def _searxng(server_url: str):
             delay = 0.2 if q.startswith("slow") else 0.0
             data = json.dumps(body).encode()
             return Reply(body=data, content_type="application/json", delay=delay)
+        if request.path == "/serper":
+            organic = [{"title": "Owls", "link": f"{server_url()}/owl.html", "snippet": "hoot"}]
+            return Reply(body=json.dumps({"organic": organic}).encode())
         return Reply(body=PAGE) if request.path == "/owl.html" else Reply(status=404)
 
     return handle
@@ -42,6 +47,26 @@ def web():
     server = LoopbackServer(_searxng(lambda: server.url))
     with server:
         yield server
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def cache_url(request, tmp_path) -> str:
+    """Where the persistent cache lives: a fresh SQLite file, or the session's emptied Redis."""
+    if request.param == "sqlite":
+        return str(tmp_path / "c.sqlite")
+    return request.getfixturevalue("redis_url")
+
+
+def _entries(cache_url: str, kind: str) -> dict[str, str]:
+    """Every stored `kind` entry, key -> value, read past the cache's own API."""
+    if cache_url.startswith("redis://"):
+        prefix = f"dr_jax:tools:{kind}:"
+        with redis.Redis.from_url(cache_url, decode_responses=True) as client:
+            names = client.scan_iter(match=prefix + "*")
+            return {n.removeprefix(prefix): client.hget(n, "value") for n in names}
+    with sqlite3.connect(cache_url) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        return dict(conn.execute("SELECT key, value FROM entries WHERE kind = ?", (kind,)))
 
 
 CALLS = [
@@ -69,34 +94,33 @@ def _session_run(config: ToolsConfig, base_url: str, extra_query: str | None = N
     return asyncio.run(scenario())
 
 
-def _config(web: LoopbackServer, cache_path=None, **overrides) -> ToolsConfig:
-    return ToolsConfig(
-        search_backend="world",
-        search_url=web.url,
-        allow_hosts=("127.0.0.1",),
-        cache_path=str(cache_path) if cache_path else None,
-        extract_workers=0,
-        **overrides,
-    )
+def _config(web: LoopbackServer, cache_url: str | None = None, **overrides) -> ToolsConfig:
+    base = dict(search_backend="world", search_url=web.url, allow_hosts=("127.0.0.1",))
+    return ToolsConfig(**{**base, "cache_url": cache_url, "extract_workers": 0, **overrides})
 
 
-def test_second_identical_run_makes_no_network_calls(web, tmp_path):
-    first, metrics = _session_run(_config(web, tmp_path / "c.sqlite"), web.url)
+def test_second_identical_run_makes_no_network_calls(web, cache_url):
+    first, metrics = _session_run(_config(web, cache_url), web.url)
     served = web.requests
     assert metrics["requests"] == 3  # two searches and one page (start-up probe excluded)
-    second, metrics = _session_run(_config(web, tmp_path / "c.sqlite"), web.url)
+    second, metrics = _session_run(_config(web, cache_url), web.url)
     assert second == first
     assert metrics["requests"] == 0 and metrics["cache_hits"] == 3
     assert web.requests == served + 1  # only the start-up reachability probe
 
 
-def test_expired_entries_are_fetched_again(tmp_path):
-    cache = ToolCache(tmp_path / "c.sqlite")
-    cache.put("search", "q", "v")
-    assert cache.get("search", "q", ttl=60) == "v"
-    time.sleep(0.01)
-    assert cache.get("search", "q", ttl=0.001) is None
-    assert cache.get("search", "q", ttl=None) == "v"
+def test_expired_entries_are_fetched_again(cache_url):
+    async def scenario():
+        cache = await open_cache(cache_url, replay=False)
+        await cache.put("search", "q", "v", ttl=60)
+        fresh = await cache.get("search", "q", ttl=60)
+        await asyncio.sleep(0.01)
+        expired = await cache.get("search", "q", ttl=0.001)
+        any_age = await cache.get("search", "q", ttl=None)
+        await cache.close()
+        return fresh, expired, any_age
+
+    assert asyncio.run(scenario()) == ("v", None, "v")
 
 
 def test_without_a_cache_file_repeats_in_one_process_are_served_from_memory(web):
@@ -128,9 +152,9 @@ def test_memory_cache_keeps_the_most_recently_used_values_within_its_size():
     assert memory.get("page", "huge", ttl=None) is None and memory.get("page", "a", ttl=None)
 
 
-def test_identical_concurrent_requests_are_made_once(web, tmp_path):
+def test_identical_concurrent_requests_are_made_once(web, cache_url):
     async def scenario():
-        config = _config(web, tmp_path / "c.sqlite")
+        config = _config(web, cache_url)
         async with ToolExecutor(config) as tools:
             calls = [ToolCall("web_search", {"query": ["slow same question"]})] * 20
             texts = await asyncio.gather(*(tools.execute(c, ToolSession("q")) for c in calls))
@@ -141,12 +165,12 @@ def test_identical_concurrent_requests_are_made_once(web, tmp_path):
     assert metrics["requests"] == 1 and metrics["deduplicated"] == 19
 
 
-def test_replay_serves_the_cache_with_the_network_off(web, tmp_path):
-    recorded, _ = _session_run(_config(web, tmp_path / "c.sqlite"), web.url)
+def test_replay_serves_the_cache_with_the_network_off(web, cache_url):
+    recorded, _ = _session_run(_config(web, cache_url), web.url)
     url = web.url
     web.stop()  # the network is gone; replay must not need it, even at start-up
     replayed, metrics = _session_run(
-        _config(web, tmp_path / "c.sqlite", replay=True), url, extra_query="never asked"
+        _config(web, cache_url, replay=True), url, extra_query="never asked"
     )
     assert replayed[:2] == recorded
     assert metrics["requests"] == 0
@@ -160,7 +184,7 @@ WRITER = textwrap.dedent(
     from dr_jax.tools.calls import ToolCall
 
     async def main(url, cache, worker):
-        config = ToolsConfig(search_backend="world", search_url=url, cache_path=cache,
+        config = ToolsConfig(search_backend="world", search_url=url, cache_url=cache,
                              extract_workers=0, allow_hosts=("127.0.0.1",))
         async with ToolExecutor(config) as tools:
             queries = [f"shared {i}" for i in range(60)] + [f"own {worker} {i}" for i in range(60)]
@@ -175,29 +199,35 @@ WRITER = textwrap.dedent(
 )
 
 
-def test_two_processes_share_one_cache_without_corrupting_it(web, tmp_path):
-    cache = tmp_path / "shared.sqlite"
+def test_two_processes_share_one_cache_and_a_third_reads_it(web, cache_url, tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     procs = [
-        subprocess.Popen([sys.executable, str(script), web.url, str(cache), str(w)])
+        subprocess.Popen([sys.executable, str(script), web.url, cache_url, str(w)])
         for w in range(2)
     ]
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
-    with sqlite3.connect(cache) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        keys = [json.loads(k)[2] for (k,) in conn.execute("SELECT key FROM entries")]
-    assert sorted(keys) == sorted(
+    entries = _entries(cache_url, "search")
+    assert sorted(json.loads(k)[2] for k in entries) == sorted(
         {f"shared {i}" for i in range(60)} | {f"own {w} {i}" for w in range(2) for i in range(60)}
     )
     # Every stored result is the one the server gave for that query.
-    with sqlite3.connect(cache) as conn:
-        for key, value in conn.execute("SELECT key, value FROM entries"):
-            assert json.loads(value)[0][2] == json.loads(key)[2]
+    for key, value in entries.items():
+        assert json.loads(value)[0][2] == json.loads(key)[2]
+
+    async def read():
+        async with ToolExecutor(_config(web, cache_url)) as tools:
+            calls = [ToolCall("web_search", {"query": [f"own 1 {i}"]}) for i in range(60)]
+            texts = await asyncio.gather(*(tools.execute(c, ToolSession("q")) for c in calls))
+            return texts, tools.metrics()
+
+    texts, metrics = asyncio.run(read())
+    assert metrics["requests"] == 0 and metrics["cache_hits"] == 60
+    assert json.loads(texts[7])[0]["results"][0]["title"] == "Owls own 1 7"
 
 
-def test_replay_without_a_recorded_cache_is_a_start_up_error(web, tmp_path):
-    config = _config(web, tmp_path / "never-recorded.sqlite", replay=True)
+def test_replay_without_a_recorded_cache_file_is_a_start_up_error(web, tmp_path):
+    config = _config(web, str(tmp_path / "never-recorded.sqlite"), replay=True)
 
     async def scenario():
         async with ToolExecutor(config):
@@ -207,7 +237,7 @@ def test_replay_without_a_recorded_cache_is_a_start_up_error(web, tmp_path):
         asyncio.run(scenario())
 
 
-def test_a_dead_link_is_fetched_once_and_its_error_replayed(web, tmp_path):
+def test_a_dead_link_is_fetched_once_and_its_error_replayed(web, cache_url):
     missing = ToolCall("browse_webpage", {"url_list": [f"{web.url}/gone.html"]})
 
     async def browse_twice(config):
@@ -215,10 +245,20 @@ def test_a_dead_link_is_fetched_once_and_its_error_replayed(web, tmp_path):
             texts = [await tools.execute(missing, ToolSession("q")) for _ in range(2)]
             return texts, tools.metrics()
 
-    (first, second), metrics = asyncio.run(browse_twice(_config(web, tmp_path / "c.sqlite")))
+    (first, second), metrics = asyncio.run(browse_twice(_config(web, cache_url)))
     assert "HTTP 404" in json.loads(first)[0]["error"] and second == first
     assert metrics["requests"] == 1 and metrics["cache_hits"] == 1
     web.stop()
-    replay = _config(web, tmp_path / "c.sqlite", replay=True)
+    replay = _config(web, cache_url, replay=True)
     (replayed, _), _ = asyncio.run(browse_twice(replay))
     assert replayed == first
+
+
+def test_no_api_key_is_ever_stored(web, cache_url, monkeypatch):
+    monkeypatch.setenv("TEST_SERPER_KEY", "sekret-123")
+    serper = dict(search_backend="serper", search_url=f"{web.url}/serper")
+    config = _config(web, cache_url, serper_key_env="TEST_SERPER_KEY", **serper)
+    _, metrics = _session_run(config, web.url)
+    assert not metrics["errors"]
+    stored = _entries(cache_url, "search") | _entries(cache_url, "page")
+    assert len(stored) == 3 and not any("sekret" in k + v for k, v in stored.items())

@@ -3,7 +3,8 @@
     config.py        ToolsConfig (and the DeepResearcher preset)
     executor.py      ToolExecutor: tool semantics, deadlines, observations; never raises
     dispatch.py      cache -> in-flight de-dup -> per-host/global limits -> bounded retries
-    cache.py         SQLite cache shared by processes (TTL, replay) and an in-process LRU
+    cache.py         persistent cache (SQLite; TTL, replay) and an in-process LRU
+    redis_cache.py   the persistent cache in Redis, shared by the hosts of a pod
     search.py        backends: SearXNG / the offline world, Serper, local BM25 (+ index build)
     http.py          HTTP/1.1 client: h11 over asyncio streams, kept-alive connections
     fetch.py         HTTP with deadlines, byte cap, hand-followed and re-checked redirects

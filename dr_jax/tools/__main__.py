@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--cache", help="SQLite cache file shared by runs and processes")
+    common.add_argument(
+        "--cache", help="cache shared by runs: a SQLite file, or redis://host:6379/0 for hosts"
+    )
     common.add_argument("--replay", action="store_true", help="serve only from --cache")
     common.add_argument(
         "--format",
@@ -93,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> ToolsConfig:
-    shared = dict(cache_path=args.cache, replay=args.replay, observation_format=args.format)
+    shared = dict(cache_url=args.cache, replay=args.replay, observation_format=args.format)
     if args.command == "search":
         backend = args.backend or ("local" if args.index else "world")
         return ToolsConfig(

@@ -3,9 +3,26 @@
 import dataclasses
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
 SEARCH_BACKENDS = ("world", "searxng", "serper", "local")
 SERPER_URL = "https://google.serper.dev/search"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _check_cache_url(url: str) -> None:
+    """A SQLite path or a Redis URL without a password (it would show in process lists)."""
+    parts = urlsplit(url)
+    if "://" in url and parts.scheme not in REDIS_SCHEMES:
+        raise ValueError(
+            f"cache_url {url!r} is neither a file path nor a Redis URL: use e.g. "
+            "/data/tools.sqlite or redis://host:6379/0"
+        )
+    if parts.scheme in REDIS_SCHEMES and (parts.password or "password" in parse_qs(parts.query)):
+        raise ValueError(
+            "cache_url holds a password, which process lists and logs would show: "
+            "remove it and put it in $REDISCLI_AUTH"
+        )
 
 
 @dataclass(frozen=True)
@@ -84,10 +101,9 @@ class ToolsConfig:
 
     memory_cache_chars: int = 256_000_000
     """Characters of results, pages and reader replies kept in this process (LRU; 0 = none)."""
-    cache_path: str | None = None
-    """SQLite file shared by processes (and hosts, on shared storage); None: no cache."""
-    cache_shared_fs: bool = False
-    """cache_path is on storage shared by several hosts (SQLite rollback journal instead of WAL)."""
+    cache_url: str | None = None
+    """Persistent cache: a SQLite file (processes of one host) or redis://host:6379/0 (every
+    host of a pod; password in $REDISCLI_AUTH); None: none."""
     replay: bool = False
     """Serve only from the cache, never touch the network (reproducible runs)."""
     search_ttl: float = 7 * 24 * 3600.0
@@ -116,8 +132,10 @@ class ToolsConfig:
             raise ValueError(
                 f"observation_format={self.observation_format!r}; use 'json' or 'deepresearcher'"
             )
-        if self.replay and not self.cache_path:
-            raise ValueError("replay=True serves from the cache: set cache_path")
+        if self.replay and not self.cache_url:
+            raise ValueError("replay=True serves from the cache: set cache_url")
+        if self.cache_url:
+            _check_cache_url(self.cache_url)
         for name in ("top_k", "max_queries", "page_budget", "window_chars", "concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

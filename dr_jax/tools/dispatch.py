@@ -9,16 +9,14 @@ limit and retries retryable failures a bounded number of times with backoff.
 import asyncio
 import contextlib
 import random
-import sqlite3
 import weakref
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TypeVar
 
 from dr_jax.retry import exponential, retry
-from dr_jax.tools.cache import MemoryCache, ToolCache
+from dr_jax.tools.cache import MemoryCache, PersistentCache, open_cache
 from dr_jax.tools.config import ToolsConfig
-from dr_jax.tools.errors import ToolError, ToolsSetupError
+from dr_jax.tools.errors import ToolError
 from dr_jax.tools.http import HttpClient
 from dr_jax.tools.metrics import ToolMetrics
 
@@ -41,7 +39,7 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(config.concurrency)
         self.http: HttpClient | None = None
         """The client for every request; direct use (start-up checks) is outside the limits."""
-        self._cache: ToolCache | None = None
+        self._cache: PersistentCache | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -51,14 +49,8 @@ class Dispatcher:
             user_agent=cfg.user_agent,
             max_idle=cfg.concurrency,
         )
-        if cfg.cache_path:
-            path = Path(cfg.cache_path)
-            if cfg.replay and not path.is_file():
-                raise ToolsSetupError(f"replay=True but there is no cache at {path}: record one")
-            try:
-                self._cache = ToolCache(path, shared_fs=cfg.cache_shared_fs)
-            except sqlite3.Error as e:
-                raise ToolsSetupError(f"cannot open the tool cache {path}: {e}") from None
+        if cfg.cache_url:
+            self._cache = await open_cache(cfg.cache_url, replay=cfg.replay)
 
     async def close(self) -> None:
         pending = list(self._inflight.values())
@@ -69,7 +61,7 @@ class Dispatcher:
             await self.http.aclose()
             self.http = None
         if self._cache is not None:
-            self._cache.close()
+            await self._cache.close()
             self._cache = None
 
     async def once(
@@ -80,7 +72,7 @@ class Dispatcher:
         ttl_or_none = None if self.config.replay else ttl
         value = self._memory.get(kind, key, ttl_or_none)
         if value is None and self._cache is not None:
-            value = await asyncio.to_thread(self._cache.get, kind, key, ttl_or_none)
+            value = await self._cache.get(kind, key, ttl_or_none)
             if value is not None:
                 self._memory.put(kind, key, value)
         if value is not None:
@@ -93,19 +85,19 @@ class Dispatcher:
         if task is not None:
             self._metrics.counts["deduplicated"] += 1
         else:
-            task = asyncio.create_task(self._produce_and_store(kind, key, produce))
+            task = asyncio.create_task(self._produce_and_store(kind, key, ttl, produce))
             self._inflight[(kind, key)] = task
             task.add_done_callback(lambda _: self._inflight.pop((kind, key), None))
         # shield: one caller giving up (its own deadline) must not cancel the shared request.
         return await asyncio.shield(task)
 
     async def _produce_and_store(
-        self, kind: str, key: str, produce: Callable[[], Awaitable[str]]
+        self, kind: str, key: str, ttl: float, produce: Callable[[], Awaitable[str]]
     ) -> str:
         value = await produce()
         self._memory.put(kind, key, value)
         if self._cache is not None:
-            await asyncio.to_thread(self._cache.put, kind, key, value)
+            await self._cache.put(kind, key, value, ttl)
         return value
 
     def _host_limit(self, host: str) -> asyncio.Semaphore:
