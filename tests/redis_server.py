@@ -48,6 +48,11 @@ class RedisServer:
             time.sleep(0.01)
         return self
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "the server is not running"
+        return self._process.pid
+
     def kill(self) -> None:
         """SIGKILL: the server vanishes as on a crash, with no shutdown of its own."""
         if self._process is not None:

@@ -6,9 +6,9 @@ TTL, as the SQLite cache does. A replay serves what Redis still holds.
 
 A cache only saves work, so losing the server mid-run must not stop a run: the first failure
 logs one warning and the cache steps aside; one call every `reconnect_every` seconds tries the
-server again while the others skip it (a call costs at most two connect timeouts), and the
-first success says so. In replay mode the cache is the only source: a failure is the call's
-error.
+server again while the others skip it (so a call waits at most two `timeout`s, one per
+attempt), and the first success says so. In replay mode the cache is the only source: a
+failure is the call's error.
 """
 
 import logging
@@ -38,7 +38,9 @@ class RedisCache:
     """`(kind, key) -> text` in Redis; `required` (replay) turns an unreachable server into
     ToolErrors instead of misses."""
 
-    def __init__(self, url: str, *, required: bool, reconnect_every: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, required: bool, timeout: float = TIMEOUT, reconnect_every: float = 5.0
+    ) -> None:
         self.url = url  # never holds a password (ToolsConfig refuses one)
         self._required = required
         self._reconnect_every = reconnect_every
@@ -48,11 +50,11 @@ class RedisCache:
         pool = redis.BlockingConnectionPool.from_url(
             url,
             max_connections=CONNECTIONS,
-            timeout=TIMEOUT,
+            timeout=timeout,
             password=os.environ.get(PASSWORD_ENV) or None,
             decode_responses=True,
-            socket_timeout=TIMEOUT,
-            socket_connect_timeout=TIMEOUT,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
             # One immediate reconnect: a pooled connection the server closed (a restart) fails
             # once, then works on a new connection.
             retry=Retry(NoBackoff(), 1),
