@@ -121,7 +121,7 @@ async def _concurrency_run(
         extract_workers=extract_workers,
         search_backend="world",
         search_url=url,
-        allow_hosts=("127.0.0.1",),
+        allow_hosts=(url.split("//")[1],),
         concurrency=concurrency,
         per_host=concurrency,
         window_chars=2000,

@@ -7,6 +7,7 @@ Each turns one config piece from `dr_jax.config` (or `ToolsConfig`) into a live 
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 import jax
 import jax.numpy as jnp
@@ -118,6 +119,9 @@ async def start_world_tools(
         return
     world = world if world is not None else World.generate(seed=world_seed)
     with serve_world(world) as server:
-        served = config.replace(search_url=server.url, allow_hosts=(*config.allow_hosts, LOOPBACK))
+        # The guard lets the policy browse the world's port, no other on this host.
+        served = config.replace(
+            search_url=server.url, allow_hosts=(*config.allow_hosts, urlsplit(server.url).netloc)
+        )
         async with ToolExecutor(served) as tools:
             yield tools

@@ -45,7 +45,8 @@ Handler = Callable[[Request], Awaitable[Reply]]
 
 class LoopbackServer:
     """`with LoopbackServer(handler) as server: server.url` — counts requests in `requests` and
-    the connections they came on in `connections`."""
+    the connections they came on in `connections`; `authority` ("127.0.0.1:PORT") is what the
+    tools' allow-list takes."""
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class LoopbackServer:
         self.requests = 0
         self.connections = 0
         self.url = ""
+        self.authority = ""
 
     def __enter__(self) -> "LoopbackServer":
         self.start()
@@ -79,7 +81,8 @@ class LoopbackServer:
             asyncio.start_server(self._serve, self._host, self._port, ssl=self._tls), self._loop
         ).result()
         port = self._server.sockets[0].getsockname()[1]
-        self.url = f"{'https' if self._tls else 'http'}://{self._host}:{port}"
+        self.authority = f"{self._host}:{port}"
+        self.url = f"{'https' if self._tls else 'http'}://{self.authority}"
 
     def stop(self) -> None:
         """Close the server and every open connection; stopping twice is harmless."""
@@ -105,7 +108,7 @@ class LoopbackServer:
             while request := await self._read_request(reader):
                 self.requests += 1
                 reply = await self._handler(request)
-                await self._write(writer, reply)
+                await self._write(writer, reply, head_only=request.method == "HEAD")
         except (
             ConnectionError,
             asyncio.IncompleteReadError,
@@ -133,7 +136,8 @@ class LoopbackServer:
         return Request(method, parts.path, dict(parse_qsl(parts.query)), headers, body)
 
     @staticmethod
-    async def _write(writer: asyncio.StreamWriter, reply: Reply) -> None:
+    async def _write(writer: asyncio.StreamWriter, reply: Reply, head_only: bool) -> None:
+        """`head_only` (a HEAD request): the head as for GET, no body."""
         if reply.hang:
             await asyncio.Event().wait()
         await asyncio.sleep(reply.delay)
@@ -148,6 +152,10 @@ class LoopbackServer:
             f"{k}: {v}\r\n" for k, v in headers.items()
         )
         unsent = head.encode("latin-1") + b"\r\n"  # goes out with the first piece, as servers do
+        if head_only:
+            writer.write(unsent)
+            await writer.drain()
+            return
         size = max(1, -(-len(reply.body) // reply.chunks))
         for start in range(0, len(reply.body), size):
             piece = reply.body[start : start + size]

@@ -2,6 +2,7 @@
 
 import asyncio
 import re
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -119,7 +120,9 @@ def test_sft_sequence_is_the_chat_templates_rendering_with_only_assistant_tokens
 
     async def solve():
         with WorldServer(world) as server:
-            cfg = ToolsConfig(search_url=server.url, allow_hosts=("127.0.0.1",), extract_workers=0)
+            cfg = ToolsConfig(
+                search_url=server.url, allow_hosts=(urlsplit(server.url).netloc,), extract_workers=0
+            )
             async with ToolExecutor(cfg) as tools:
                 return await solve_questions([question], tools, server.url, max_turns=4)
 

@@ -95,7 +95,7 @@ def _session_run(config: ToolsConfig, base_url: str, extra_query: str | None = N
 
 
 def _config(web: LoopbackServer, cache_url: str | None = None, **overrides) -> ToolsConfig:
-    base = dict(search_backend="world", search_url=web.url, allow_hosts=("127.0.0.1",))
+    base = dict(search_backend="world", search_url=web.url, allow_hosts=(web.authority,))
     return ToolsConfig(**{**base, "cache_url": cache_url, "extract_workers": 0, **overrides})
 
 
@@ -185,7 +185,7 @@ WRITER = textwrap.dedent(
 
     async def main(url, cache, worker):
         config = ToolsConfig(search_backend="world", search_url=url, cache_url=cache,
-                             extract_workers=0, allow_hosts=("127.0.0.1",))
+                             extract_workers=0)
         async with ToolExecutor(config) as tools:
             queries = [f"shared {i}" for i in range(60)] + [f"own {worker} {i}" for i in range(60)]
             calls = [ToolCall("web_search", {"query": [q]}) for q in queries]

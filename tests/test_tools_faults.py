@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 from loopback import LoopbackServer, Reply, Request
 
-from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
+from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession, executor
 from dr_jax.tools.calls import ToolCall
 
 ARTICLE = (
@@ -94,6 +94,8 @@ class FaultyWeb:
                 status=301, headers={"location": "http://169.254.169.254/latest/meta-data/"}
             ),
             "/to-page": lambda: Reply(status=307, headers={"location": "/page"}),
+            "/to-bad-port": lambda: Reply(status=302, headers={"location": "http://h.org:99999/"}),
+            "/to-bad-ipv6": lambda: Reply(status=302, headers={"location": "http://[::1/x"}),
             "/pdf": lambda: Reply(
                 body=_pdf("The lighthouse keeper logged 312 ships in 1911."),
                 content_type="application/pdf",
@@ -143,7 +145,7 @@ def _config(web: FaultyWeb, **overrides) -> ToolsConfig:
     base = dict(
         search_backend="searxng",
         search_url=web.server.url,
-        allow_hosts=("127.0.0.1",),
+        allow_hosts=(web.server.authority,),
         connect_timeout=0.5,
         read_timeout=0.5,
         request_timeout=1.0,
@@ -381,7 +383,10 @@ def test_global_and_per_host_limits_bound_requests_in_flight():
         hosts = ("127.0.0.1", "localhost")
         urls = [f"http://{host}:{port}/p{i}" for host in hosts for i in range(12)]
         config = ToolsConfig(
-            allow_hosts=("127.0.0.1", "localhost"), per_host=2, concurrency=3, extract_workers=0
+            allow_hosts=(f"127.0.0.1:{port}", f"localhost:{port}"),
+            per_host=2,
+            concurrency=3,
+            extract_workers=0,
         )
 
         async def scenario():
@@ -395,21 +400,49 @@ def test_global_and_per_host_limits_bound_requests_in_flight():
     assert peak["all"] == 3
 
 
-def test_dns_rebinding_to_loopback_is_refused_before_the_body_is_read(web, monkeypatch):
-    """DNS answers a public address to the safety check, then loopback to the HTTP client."""
-    real_getaddrinfo = asyncio.BaseEventLoop.getaddrinfo
-    answers = iter(["93.184.216.34"])
+def test_malformed_urls_ports_and_locations_fail_alone(web):
+    urls = [
+        web.url("/page"),
+        "http://exa mple.com/",
+        "http://example.com:99999/",
+        "http://[::1/",
+        web.url("/to-bad-port"),
+        web.url("/to-bad-ipv6"),
+        web.url("/chunked"),
+    ]
+    text, _, metrics = _run(_config(web), ToolCall("browse_webpage", {"url_list": urls}))
+    first, space, port, ipv6, location_port, location_ipv6, last = json.loads(text)
+    assert "rebuilt in 1900" in first["pages"][0] and "rebuilt in 1900" in last["pages"][0]
+    assert "is not a valid URL (host 'exa mple.com')" in space["error"]
+    assert "is not a valid URL (Port out of range 0-65535)" in port["error"]
+    assert "is not a valid URL (Invalid IPv6 URL)" in ipv6["error"]
+    assert "redirects to a malformed URL 'http://h.org:99999/'" in location_port["error"]
+    assert "redirects to a malformed URL 'http://[::1/x'" in location_ipv6["error"]
+    assert metrics["errors"] == {"bad_url": 5} and metrics["retries"] == 0
 
-    async def rebinding(self, host, port, *args, **kwargs):
-        if host not in ("rebind.example", b"rebind.example"):  # anyio passes IDNA bytes
-            return await real_getaddrinfo(self, host, port, *args, **kwargs)
-        return await real_getaddrinfo(self, next(answers, "127.0.0.1"), port, *args, **kwargs)
 
-    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", rebinding)
-    port = web.server.url.rsplit(":", 1)[1]
-    url = f"http://rebind.example:{port}/page"
-    call = ToolCall("browse_webpage", {"url_list": [url]})
-    text, _, metrics = _run(_config(web, allow_hosts=()), call)
-    (page,) = json.loads(text)
-    assert "rebind.example is a loopback address (127.0.0.1)" in page["error"]
-    assert metrics["errors"] == {"unsafe_url": 1} and metrics["retries"] == 0
+def test_a_bug_on_one_url_costs_only_that_url(web, monkeypatch):
+    real = executor.split_windows
+
+    def split_windows(text: str, window_chars: int) -> list[str]:
+        if "312 ships" in text:
+            raise RuntimeError("a bug")
+        return real(text, window_chars)
+
+    monkeypatch.setattr(executor, "split_windows", split_windows)
+    call = ToolCall("browse_webpage", {"url_list": [web.url("/pdf"), web.url("/page")]})
+    text, _, metrics = _run(_config(web), call)
+    buggy, fine = json.loads(text)
+    assert buggy["error"] == "browse failed: internal error (RuntimeError)"
+    assert "rebuilt in 1900" in fine["pages"][0] and metrics["errors"] == {"internal": 1}
+
+
+def test_a_browse_call_reads_at_most_max_urls(web):
+    urls = [web.url("/page"), web.url("/chunked"), web.url("/capped")]
+    text, _, metrics = _run(
+        _config(web, max_urls=2), ToolCall("browse_webpage", {"url_list": urls})
+    )
+    read, also_read, refused = json.loads(text)
+    assert read["pages"] and also_read["pages"]
+    assert refused == {"url": urls[2], "error": "not browsed: one call browses at most 2 URLs"}
+    assert web.hits["/capped"] == 0 and metrics["errors"] == {"too_many_urls": 1}

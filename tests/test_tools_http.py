@@ -1,11 +1,14 @@
-"""The tools' HTTP client: what it does that httpx did for us (decoding, percent-escaping,
-keep-alive) and what it must not do (reuse a connection the server is done with)."""
+"""The tools' HTTP client (aiohttp): decoding, percent-escaping, keep-alive, TLS against
+certifi's roots, its time limits, and what it must not do (reuse a connection the server is
+done with)."""
 
 import asyncio
 import gzip
 import shutil
+import socket
 import ssl
 import subprocess
+import time
 import zlib
 
 import certifi
@@ -14,7 +17,7 @@ from loopback import LoopbackServer, Reply, Request
 
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
 from dr_jax.tools.calls import ToolCall
-from dr_jax.tools.http import HttpClient, HttpError
+from dr_jax.tools.http import HttpClient, HttpError, HttpTimeout
 
 TEXT = b"<html><body><article><p>The pier was rebuilt in 1907.</p></article></body></html>"
 
@@ -31,18 +34,52 @@ async def _handle(request: Request) -> Reply:
         return Reply(body=b"not gzip at all", headers={"content-encoding": "gzip"})
     if request.path == "/close":
         return Reply(body=TEXT, headers={"connection": "close"})
+    if request.path == "/stall":  # the head, then nothing for longer than the read timeout
+        return Reply(body=TEXT, chunks=2, chunk_delay=3.0)
     return Reply(body=request.path.encode())
 
 
 def _get_all(server: LoopbackServer, paths: list[str]) -> list[bytes]:
+    return _get([server.url + path for path in paths])
+
+
+def _get(urls: list[str], connect_timeout: float = 1.0, read_timeout: float = 1.0) -> list[bytes]:
     async def scenario():
-        client = HttpClient(connect_timeout=1.0, read_timeout=1.0, user_agent="test")
+        client = HttpClient(
+            connect_timeout=connect_timeout, read_timeout=read_timeout, user_agent="test"
+        )
         try:
-            return [(await client.request("GET", server.url + path)).body for path in paths]
+            return [(await client.request("GET", url)).body for url in urls]
         finally:
             await client.aclose()
 
     return asyncio.run(scenario())
+
+
+def test_a_server_that_never_accepts_times_out_at_connect():
+    """A listening socket whose accept queue is full: the kernel drops further SYNs."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        started = time.monotonic()
+        with pytest.raises(HttpTimeout, match="Connection timeout"):
+            _get([f"http://127.0.0.1:{port}/"], connect_timeout=0.3)
+        assert time.monotonic() - started < 1.5
+        for filler in fillers:
+            filler.close()
+
+
+def test_a_body_that_stops_arriving_times_out_per_read():
+    with LoopbackServer(_handle) as server:
+        started = time.monotonic()
+        with pytest.raises(HttpTimeout, match="Timeout on reading data from socket"):
+            _get([f"{server.url}/stall"], read_timeout=0.3)
+        assert time.monotonic() - started < 1.5
 
 
 def test_gzip_and_deflate_bodies_are_decoded():
@@ -51,8 +88,8 @@ def test_gzip_and_deflate_bodies_are_decoded():
 
 
 def _browse(path: str) -> tuple[str, dict]:
-    config = ToolsConfig(allow_hosts=("127.0.0.1",), extract_workers=0, max_bytes=100_000)
     with LoopbackServer(_handle) as server:
+        config = ToolsConfig(allow_hosts=(server.authority,), extract_workers=0, max_bytes=100_000)
         call = ToolCall("browse_webpage", {"url_list": [server.url + path]})
 
         async def scenario():

@@ -77,7 +77,7 @@ def site(data_dir):
 
 
 def _browse(site: LoopbackServer, names: list[str], **overrides) -> list[dict]:
-    config = ToolsConfig(allow_hosts=("127.0.0.1",), window_chars=100_000, **overrides)
+    config = ToolsConfig(allow_hosts=(site.authority,), window_chars=100_000, **overrides)
 
     async def scenario():
         async with ToolExecutor(config, search=False) as tools:
@@ -107,7 +107,7 @@ def test_worker_processes_extract_exactly_what_the_inline_extractor_does(site):
 
 
 def test_a_dead_extraction_worker_is_replaced_and_pages_keep_coming(site):
-    config = ToolsConfig(allow_hosts=("127.0.0.1",), extract_workers=1, memory_cache_chars=0)
+    config = ToolsConfig(allow_hosts=(site.authority,), extract_workers=1, memory_cache_chars=0)
     call = ToolCall("browse_webpage", {"url_list": [f"{site.url}/blog.python.org.html"]})
 
     async def scenario():
@@ -132,7 +132,7 @@ def test_a_dead_extraction_worker_is_replaced_and_pages_keep_coming(site):
 
 def test_a_page_that_takes_too_long_to_extract_is_given_up_and_the_worker_survives(site):
     config = ToolsConfig(
-        allow_hosts=("127.0.0.1",), extract_workers=1, extract_timeout=0.02, window_chars=10**6
+        allow_hosts=(site.authority,), extract_workers=1, extract_timeout=0.02, window_chars=10**6
     )
     slow = ToolCall("browse_webpage", {"url_list": [f"{site.url}/pcgamer.com.skyrim.html"]})
     quick = ToolCall("browse_webpage", {"url_list": [f"{site.url}/notes.txt"]})
@@ -153,7 +153,7 @@ def test_workers_that_never_get_ready_are_killed_and_pages_are_extracted_in_a_th
     site, monkeypatch
 ):
     monkeypatch.setattr(workers, "STARTUP_S", 0.001)  # no worker imports that fast
-    config = ToolsConfig(allow_hosts=("127.0.0.1",), extract_workers=2)
+    config = ToolsConfig(allow_hosts=(site.authority,), extract_workers=2)
     call = ToolCall("browse_webpage", {"url_list": [f"{site.url}/blog.python.org.html"]})
 
     async def scenario():

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jax
 import jax.numpy as jnp
@@ -173,7 +174,7 @@ def scripted_step(tmp_path, sampler, learner, *, outage: bool = False, **grpo) -
     the search backend goes away after start-up. Returns (record, sample records)."""
     world = World.generate(0, "tiny")
     server = WorldServer(world).start()
-    cfg = ToolsConfig(search_url=server.url, allow_hosts=("127.0.0.1",), retries=0,
+    cfg = ToolsConfig(search_url=server.url, allow_hosts=(urlsplit(server.url).netloc,), retries=0,
                       extract_workers=0)  # fmt: skip
     train_examples, _ = load_questions(DataConfig(world_size="tiny"), world)
     config = GRPOConfig(steps=1, questions_per_step=2, validate_at_start=False, pad_multiple=128,

@@ -67,7 +67,7 @@ from dr_jax.train.optim import OptimConfig
 from dr_jax.train.run import train
 
 config = tiny_config(Path(sys.argv[1]), mesh="2x2")
-tools = config.tools.replace(search_url=sys.argv[2], allow_hosts=("127.0.0.1",))
+tools = config.tools.replace(search_url=sys.argv[2], allow_hosts=(sys.argv[2].split("//")[1],))
 # update ~ gradient (eps >> sqrt(v)): parameters then compare gradients, not Adam's sign(g)
 optim = OptimConfig(lr=1.0, eps=1.0, weight_decay=0.0)
 config = config.replace(tools=tools, optim=optim)

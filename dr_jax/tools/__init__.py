@@ -6,9 +6,9 @@
     cache.py         persistent cache (SQLite; TTL, replay) and an in-process LRU
     redis_cache.py   the persistent cache in Redis, shared by the hosts of a pod
     search.py        backends: SearXNG / the offline world, Serper, local BM25 (+ index build)
-    http.py          HTTP/1.1 client: h11 over asyncio streams, kept-alive connections
+    http.py          HTTP client (aiohttp); for pages, the guard is its DNS resolver
     fetch.py         HTTP with deadlines, byte cap, hand-followed and re-checked redirects
-    urlsafety.py     refuse private, loopback, link-local and metadata addresses
+    urlsafety.py     the guard's rules: only global addresses, http(s), host:port allow-list
     extract.py       HTML (trafilatura), PDF (pypdf) and text to readable text; windows
     workers.py       extraction in subprocesses driven by the event loop
     reader.py        the reading agent (OpenAI-compatible chat endpoint), its prompt

@@ -17,7 +17,7 @@ DESCRIPTION = """\
 Search and browse the way a dr_jax agent does, printing JSON.
 
   python -m dr_jax.tools search "QUERY" [QUERY ...] [--backend world|searxng|serper|local]
-  python -m dr_jax.tools browse URL [URL ...] [--question Q] [--allow-host 127.0.0.1]
+  python -m dr_jax.tools browse URL [URL ...] [--question Q] [--allow-host 127.0.0.1:8080]
   python -m dr_jax.tools index CORPUS.jsonl OUT_DIR
 
 Search backends:
@@ -31,7 +31,8 @@ Environment variables:
   SERPER_API_KEY      Serper key (backend serper)
   OPENAI_API_KEY      key for the reader LLM endpoint (--reader llm), if it needs one
 
-Private, loopback and cloud-metadata addresses are refused unless --allow-host names them.
+Addresses that are not globally routable (loopback, private, link-local, shared, cloud
+metadata) are refused unless --allow-host names their host:port.
 """
 
 
@@ -78,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-host",
         action="append",
         default=[],
-        metavar="HOST",
-        help="host or IP exempt from the private-address refusal (repeatable)",
+        metavar="HOST:PORT",
+        help="host:port exempt from the refusal of non-global addresses (repeatable)",
     )
     browse.add_argument("--reader", choices=("none", "llm"), default="none")
     browse.add_argument("--reader-url", help="OpenAI-compatible base URL, e.g. .../v1")

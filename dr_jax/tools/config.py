@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
+from dr_jax.tools.urlsafety import allow_entry
+
 SEARCH_BACKENDS = ("world", "searxng", "serper", "local")
 SERPER_URL = "https://google.serper.dev/search"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -68,8 +70,14 @@ class ToolsConfig:
     browse_latest_search_only: bool = False
     """Only URLs returned by the trajectory's latest search may be browsed (DeepResearcher rule)."""
 
+    max_urls: int = 30
+    """URLs browsed per browse_webpage call, the rest refused (DeepResearcher read at most the
+    latest search's results: 3 queries x top-10)."""
+
     allow_hosts: tuple[str, ...] = ()
-    """Hosts or IPs exempt from the private-address refusal (tests and the world: "127.0.0.1")."""
+    """host:port pairs the network guard lets through although they are not globally routable
+    (the world's server, a test's: "127.0.0.1:8080"; IPv6 "[::1]:8080"). Other ports stay
+    refused."""
     max_bytes: int = 5_000_000
     """Refuse page bodies larger than this."""
     max_redirects: int = 5
@@ -136,7 +144,14 @@ class ToolsConfig:
             raise ValueError("replay=True serves from the cache: set cache_url")
         if self.cache_url:
             _check_cache_url(self.cache_url)
-        for name in ("top_k", "max_queries", "page_budget", "window_chars", "concurrency"):
+        for name in (
+            "top_k",
+            "max_queries",
+            "max_urls",
+            "page_budget",
+            "window_chars",
+            "concurrency",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.per_host < 1 or min(self.retries, self.extract_workers) < 0:
@@ -154,6 +169,8 @@ class ToolsConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         object.__setattr__(self, "allow_hosts", tuple(self.allow_hosts))
+        for entry in self.allow_hosts:
+            allow_entry(entry)
 
     @classmethod
     def deepresearcher(cls, **overrides: object) -> "ToolsConfig":

@@ -19,6 +19,7 @@ from dr_jax.tools.config import ToolsConfig
 from dr_jax.tools.errors import ToolError
 from dr_jax.tools.http import HttpClient
 from dr_jax.tools.metrics import ToolMetrics
+from dr_jax.tools.urlsafety import Guard
 
 T = TypeVar("T")
 
@@ -38,17 +39,17 @@ class Dispatcher:
         )
         self._slots = asyncio.Semaphore(config.concurrency)
         self.http: HttpClient | None = None
-        """The client for every request; direct use (start-up checks) is outside the limits."""
+        """The client for the configured services (search, reader LLM): not guarded. Direct
+        use (start-up checks) is outside the limits."""
+        self.pages: HttpClient | None = None
+        """The client for the URLs a policy browses: guarded (urlsafety), every request."""
         self._cache: PersistentCache | None = None
 
     async def start(self) -> None:
         cfg = self.config
-        self.http = HttpClient(
-            connect_timeout=cfg.connect_timeout,
-            read_timeout=cfg.read_timeout,
-            user_agent=cfg.user_agent,
-            max_idle=cfg.concurrency,
-        )
+        timeouts = dict(connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout)
+        self.http = HttpClient(**timeouts, user_agent=cfg.user_agent)
+        self.pages = HttpClient(**timeouts, user_agent=cfg.user_agent, guard=Guard(cfg.allow_hosts))
         if cfg.cache_url:
             self._cache = await open_cache(cfg.cache_url, replay=cfg.replay)
 
@@ -57,9 +58,10 @@ class Dispatcher:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        if self.http is not None:
-            await self.http.aclose()
-            self.http = None
+        for client in (self.http, self.pages):
+            if client is not None:
+                await client.aclose()
+        self.http = self.pages = None
         if self._cache is not None:
             await self._cache.close()
             self._cache = None
@@ -106,8 +108,8 @@ class Dispatcher:
             limit = self._host_limits[host] = asyncio.Semaphore(self.config.per_host)
         return limit
 
-    async def attempt(self, request: Callable[[HttpClient], Awaitable[T]], host: str | None) -> T:
-        """Run `request(client)` under the limits (`host`'s, when given, and the global one),
+    async def attempt(self, request: Callable[[], Awaitable[T]], host: str | None) -> T:
+        """Run `request()` under the limits (`host`'s, when given, and the global one),
         retrying retryable ToolErrors.
 
         Wait before retry n (0-based) ~ U(0, min(backoff_max, backoff_base * 2**n)), or the
@@ -121,7 +123,7 @@ class Dispatcher:
             host_limit = self._host_limit(host) if host else contextlib.nullcontext()
             async with host_limit, self._slots:
                 self._metrics.counts["requests"] += 1
-                return await request(self.http)
+                return await request()
 
         def wait(n: int, error: Exception) -> float:
             self._metrics.counts["retries"] += 1

@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from dr_jax.tools.calls import ToolCall
 from dr_jax.tools.config import ToolsConfig
@@ -35,6 +34,7 @@ from dr_jax.tools.observations import (
 from dr_jax.tools.reader import chat_completion, load_prompt, read_page
 from dr_jax.tools.search import SearchBackend, SearchHit, make_backend
 from dr_jax.tools.session import Note, ToolSession
+from dr_jax.tools.urlsafety import parse_url
 from dr_jax.tools.workers import Extractor
 
 log = logging.getLogger("dr_jax.tools")
@@ -46,7 +46,16 @@ BROWSE_TOOL = "browse_webpage"
 # Page failures that asking again will not change: cached like pages, so the 16 samples of a
 # question pay for a dead link once (and a replay reproduces it).
 PERMANENT_FAILURES = frozenset(
-    {"http_4xx", "unsupported", "too_large", "empty", "unreadable", "redirect_loop", "unsafe_url"}
+    {
+        "http_4xx",
+        "unsupported",
+        "too_large",
+        "empty",
+        "unreadable",
+        "redirect_loop",
+        "unsafe_url",
+        "bad_url",
+    }
 )
 
 
@@ -114,7 +123,7 @@ class ToolExecutor:
         url = (self.config.reader_url or "").rstrip("/") + "/models"
         try:
             await self._dispatch.http.request("GET", url, timeout=self.config.request_timeout)
-        except HttpError as e:
+        except (HttpError, ToolError) as e:
             raise ToolsSetupError(
                 f"reader LLM at {self.config.reader_url} is unreachable ({e}); start it or fix "
                 "reader_url (an OpenAI-compatible base URL ending in /v1)"
@@ -159,10 +168,7 @@ class ToolExecutor:
             self._metrics.errors[e.kind] += 1
             text = error_observation(f"{call.name} failed: {e}", fmt)
         except Exception as e:
-            log.exception("tool call %s failed unexpectedly", call.name)
-            self._metrics.errors["internal"] += 1
-            message = f"{call.name} failed: internal error ({type(e).__name__})"
-            text = error_observation(message, fmt)
+            text = error_observation(f"{call.name} failed: {self._internal(call.name, e)}", fmt)
         self._metrics.observe(call.name, time.monotonic() - started)
         return text
 
@@ -177,7 +183,7 @@ class ToolExecutor:
 
         async def produce() -> str:
             hits = await self._dispatch.attempt(
-                lambda client: self._backend.search(client, query, cfg.top_k), host=None
+                lambda: self._backend.search(self._dispatch.http, query, cfg.top_k), host=None
             )
             return json.dumps([[h.title, h.url, h.snippet] for h in hits])
 
@@ -193,12 +199,12 @@ class ToolExecutor:
         local = self._backend.document(url) if self._backend is not None else None
         if local is not None:
             return local
+        host = parse_url(url).raw_host
 
         async def produce() -> str:
-            host = urlsplit(url).hostname or ""
             try:
                 fetched = await self._dispatch.attempt(
-                    lambda client: fetch_page(client, url, self.config), host=host
+                    lambda: fetch_page(self._dispatch.pages, url, self.config), host=host
                 )
                 doc = await self._extractor.extract(fetched, self.config.text_format)
             except ToolError as e:
@@ -222,14 +228,20 @@ class ToolExecutor:
         return search_observation(results, self.config.observation_format)
 
     async def _browse(self, arguments: dict[str, Any], session: ToolSession) -> str:
+        cfg = self.config
         urls = _string_list(arguments, "url_list")
-        compat = self.config.observation_format == "deepresearcher"
-        if self.config.browse_latest_search_only and compat:
+        compat = cfg.observation_format == "deepresearcher"
+        if cfg.browse_latest_search_only and compat:
             # The original silently ignored such URLs; JSON observations say why instead.
             urls = [u for u in urls if u in session.latest_search]
+        urls, extra = urls[: cfg.max_urls], urls[cfg.max_urls :]
         deadline = self._unit_deadline()
         pages = await _all([self._browse_until(deadline, u, session) for u in urls])
-        return browse_observation(pages, self.config.observation_format)
+        if extra and not compat:
+            self._metrics.errors["too_many_urls"] += len(extra)
+            why = f"not browsed: one call browses at most {cfg.max_urls} URLs"
+            pages += [PageResult(u, error=why) for u in extra]
+        return browse_observation(pages, cfg.observation_format)
 
     def _unit_deadline(self) -> float:
         """Each query or URL of a call must finish a little before the whole call does, so a
@@ -246,6 +258,8 @@ class ToolExecutor:
                 return await self.search(query)
         except TimeoutError:
             return QueryResult(query, error=f"search failed: {self._late()}")
+        except Exception as e:  # a bug must cost only this query's result
+            return QueryResult(query, error=f"search failed: {self._internal(query, e)}")
 
     async def _browse_until(self, deadline: float, url: str, session: ToolSession) -> PageResult:
         try:
@@ -253,6 +267,14 @@ class ToolExecutor:
                 return await self._browse_one(url, session)
         except TimeoutError:
             return PageResult(url, error=f"browse failed: {self._late()}")
+        except Exception as e:  # a bug must cost only this URL's result
+            return PageResult(url, error=f"browse failed: {self._internal(url, e)}")
+
+    def _internal(self, what: str, error: Exception) -> str:
+        """A bug's observation text, logged with its traceback."""
+        log.error("%s failed unexpectedly", what, exc_info=error)
+        self._metrics.errors["internal"] += 1
+        return f"internal error ({type(error).__name__})"
 
     async def _browse_one(self, url: str, session: ToolSession) -> PageResult:
         cfg = self.config
@@ -302,8 +324,8 @@ class ToolExecutor:
 
         async def produce() -> str:
             return await self._dispatch.attempt(
-                lambda client: chat_completion(
-                    client,
+                lambda: chat_completion(
+                    self._dispatch.http,
                     cfg.reader_url or "",
                     cfg.reader_model or "",
                     prompt,

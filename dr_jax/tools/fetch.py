@@ -6,12 +6,13 @@ import email.utils
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urljoin
+
+from yarl import URL
 
 from dr_jax.tools.config import ToolsConfig
 from dr_jax.tools.errors import ToolError
-from dr_jax.tools.http import BadEncoding, HttpClient, HttpError, HttpTimeout, Response
-from dr_jax.tools.urlsafety import check_peer, check_url
+from dr_jax.tools.http import BadEncoding, DnsError, HttpClient, HttpError, HttpTimeout, Response
+from dr_jax.tools.urlsafety import parse_url
 
 
 @dataclass(frozen=True)
@@ -66,13 +67,26 @@ def transport_errors(what: str, deadline: float) -> Iterator[None]:
         raise ToolError("timeout", f"{what} timed out ({e})") from None
     except BadEncoding as e:
         raise ToolError("unreadable", f"{what} failed: {e}") from None
+    except DnsError as e:
+        raise ToolError("dns", f"{what} failed: {e}") from None
     except HttpError as e:
         raise ToolError("network", f"{what} failed: {e}") from None
 
 
+def _redirect(url: str, location: str) -> str:
+    """The URL a redirect's Location points to; ToolError("bad_url") when it is malformed."""
+    try:
+        return str(parse_url(url).join(URL(location)))
+    except ValueError as e:
+        raise ToolError(
+            "bad_url", f"{url} redirects to a malformed URL {location!r} ({e})"
+        ) from None
+
+
 async def fetch_page(client: HttpClient, url: str, cfg: ToolsConfig) -> Fetched:
-    """GET `url`, following at most `cfg.max_redirects` redirects by hand so each hop passes
-    `check_url`; refuse bodies over `cfg.max_bytes`; give up after `cfg.request_timeout` s."""
+    """GET `url` with the guarded client, following at most `cfg.max_redirects` redirects by
+    hand (each hop is a new request, so the guard checks it); refuse bodies over
+    `cfg.max_bytes`; give up after `cfg.request_timeout` s."""
     seen: set[str] = set()
     with transport_errors(f"fetching {url}", cfg.request_timeout):
         async with asyncio.timeout(cfg.request_timeout):
@@ -80,11 +94,9 @@ async def fetch_page(client: HttpClient, url: str, cfg: ToolsConfig) -> Fetched:
                 if url in seen:
                     raise ToolError("redirect_loop", f"redirect loop at {url}")
                 seen.add(url)
-                await check_url(url, cfg.allow_hosts)
                 async with client.stream("GET", url) as response:
-                    check_peer(url, response.peer, cfg.allow_hosts)
                     if response.is_redirect:
-                        url = urljoin(url, response.headers["location"])
+                        url = _redirect(url, response.headers["location"])
                         continue
                     raise_for_status(response, url)
                     return await _read_capped(response, url, cfg.max_bytes)

@@ -16,6 +16,7 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from dr_jax.reward import f1_score
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession
@@ -254,7 +255,7 @@ async def demonstrate_async(
             search_backend="world",
             search_url=server.url,
             reader="none",
-            allow_hosts=("127.0.0.1",),
+            allow_hosts=(urlsplit(server.url).netloc,),
         )
         limit = asyncio.Semaphore(concurrency)
         async with ToolExecutor(config) as tools:
