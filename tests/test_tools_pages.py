@@ -2,6 +2,9 @@
 
 import asyncio
 import json
+import os
+import signal
+import time
 
 import pytest
 from loopback import LoopbackServer, Reply, Request
@@ -162,3 +165,38 @@ def test_workers_that_never_get_ready_are_killed_and_pages_are_extracted_in_a_th
 
     alive, (page,) = asyncio.run(scenario())
     assert alive == [] and PAGES["blog.python.org.html"][0] in page["pages"][0]
+
+
+def test_a_hung_worker_is_killed_its_page_fails_and_the_pages_behind_it_are_read(site):
+    """SIGSTOP freezes the worker as a parser stuck in C would (its alarm cannot fire)."""
+    config = ToolsConfig(allow_hosts=(site.authority,), extract_workers=1, extract_timeout=0.2)
+    names = ["blog.python.org.html", "creativecommons.org.html"]
+    calls = [ToolCall("browse_webpage", {"url_list": [f"{site.url}/{n}"]}) for n in names]
+
+    async def scenario():
+        async with ToolExecutor(config, search=False) as tools:
+            (worker,) = tools._extractor._workers
+            os.kill(worker.process.pid, signal.SIGSTOP)
+            started = time.monotonic()
+            texts = await asyncio.gather(*(tools.execute(c, ToolSession("")) for c in calls))
+            seconds = time.monotonic() - started
+            return [json.loads(t)[0] for t in texts], seconds, await worker.process.wait()
+
+    (hung, behind), seconds, exit_code = asyncio.run(scenario())
+    assert hung["error"].endswith("blog.python.org.html took longer than 1.4 s")  # 2 x 0.2 + 1
+    assert PAGES["creativecommons.org.html"][0] in behind["pages"][0]
+    assert exit_code == -signal.SIGKILL and seconds < 3
+
+
+def test_extraction_in_a_thread_is_given_up_after_the_timeout(site):
+    config = ToolsConfig(
+        allow_hosts=(site.authority,), extract_workers=0, extract_timeout=0.02, window_chars=10**6
+    )
+    call = ToolCall("browse_webpage", {"url_list": [f"{site.url}/pcgamer.com.skyrim.html"]})
+
+    async def scenario():
+        async with ToolExecutor(config, search=False) as tools:
+            return json.loads(await tools.execute(call, ToolSession("")))
+
+    (page,) = asyncio.run(scenario())
+    assert page["error"].endswith("pcgamer.com.skyrim.html took longer than 0.02 s")

@@ -23,9 +23,19 @@ READY = b"ready\n"
 """A worker's first line: its imports (about 0.5 s of CPU) are done and it takes pages."""
 STARTUP_S = 60.0
 """A worker not ready after this long (a hung import) is killed; pages go to a thread."""
+HANG_GRACE_S = 1.0
+"""A worker that has not answered 2 x the extraction timeout + this after it started a page is
+killed and replaced: its alarm interrupts Python code, not a parser stuck in C."""
 
 
-def _extract_reply(fetched: Fetched, text_format: str) -> tuple[bool, Document | ToolError]:
+_Reply = tuple[bool, Document | ToolError]
+
+
+def _overtime(url: str, seconds: float) -> ToolError:
+    return ToolError("timeout", f"extracting {url} took longer than {seconds:g} s")
+
+
+def _extract_reply(fetched: Fetched, text_format: str) -> _Reply:
     """(True, document) or (False, the ToolError to observe); never raises."""
     try:
         return True, extract_document(fetched, text_format)
@@ -35,12 +45,12 @@ def _extract_reply(fetched: Fetched, text_format: str) -> tuple[bool, Document |
         return False, ToolError("unreadable", f"{fetched.url}: extraction failed ({e!r})")
 
 
-class _Overtime(BaseException):
+class _Alarm(BaseException):
     """Raised by the worker's alarm; a BaseException so no `except Exception` swallows it."""
 
 
-def _overtime(signum: int, frame: object) -> None:
-    raise _Overtime
+def _alarm(signum: int, frame: object) -> None:
+    raise _Alarm
 
 
 def serve_stdio() -> None:
@@ -51,7 +61,7 @@ def serve_stdio() -> None:
     requests = sys.stdin.buffer
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints from libraries go to stderr, not into the replies
-    signal.signal(signal.SIGALRM, _overtime)
+    signal.signal(signal.SIGALRM, _alarm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; we exit on EOF
     replies.write(READY)
     replies.flush()
@@ -61,9 +71,8 @@ def serve_stdio() -> None:
             signal.setitimer(signal.ITIMER_REAL, seconds)
             reply = _extract_reply(fetched, text_format)
             signal.setitimer(signal.ITIMER_REAL, 0)
-        except _Overtime:
-            message = f"extracting {fetched.url} took longer than {seconds:g} s"
-            reply = (False, ToolError("timeout", message))
+        except _Alarm:
+            reply = (False, _overtime(fetched.url, seconds))
         data = pickle.dumps(reply)
         replies.write(len(data).to_bytes(8, "big") + data)
         replies.flush()
@@ -71,39 +80,72 @@ def serve_stdio() -> None:
 
 class _Worker:
     """One extraction subprocess. Requests are pipelined (written without waiting for earlier
-    replies) and answered in order, so a busy worker finds its next page already queued."""
+    replies) and answered in order, so a busy worker finds its next page already queued.
 
-    def __init__(self, process: asyncio.subprocess.Process, on_exit: Callable[["_Worker"], None]):
+    The page at the head of the queue is the one being extracted: it has `limit` seconds from
+    when the worker started it, after which the worker is killed. A worker that dies (or is
+    killed) fails that page; the pages queued behind it get None, to be extracted elsewhere.
+    """
+
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        on_exit: Callable[["_Worker"], None],
+        limit: float,
+    ) -> None:
         self.process = process
-        self.waiting: deque[asyncio.Future] = deque()
+        self.waiting: deque[tuple[asyncio.Future, str]] = deque()
+        """(reply, URL) of each page sent, in order."""
         self._on_exit = on_exit
+        self._limit = limit
+        self._clock: asyncio.Timeout | None = None  # set while a reply is awaited
         self._reader = asyncio.create_task(self._read_replies())
 
+    def _start_clock(self) -> None:
+        """The head page's `limit` starts now (when it was queued behind none, or when the
+        reply before it arrived)."""
+        if self._clock is not None and self._clock.when() is None and self.waiting:
+            self._clock.reschedule(asyncio.get_running_loop().time() + self._limit)
+
+    def _answer(self, reply: _Reply | None) -> None:
+        future, _ = self.waiting.popleft()
+        if not future.done():  # its caller may have given up
+            future.set_result(reply)
+
     async def _read_replies(self) -> None:
+        stdout = self.process.stdout
         try:
             while True:
-                size = int.from_bytes(await self.process.stdout.readexactly(8), "big")
-                reply = pickle.loads(await self.process.stdout.readexactly(size))
-                future = self.waiting.popleft()
-                if not future.done():  # its caller may have given up
-                    future.set_result(reply)
+                async with asyncio.timeout(None) as self._clock:
+                    self._start_clock()
+                    size = int.from_bytes(await stdout.readexactly(8), "big")
+                    reply = pickle.loads(await stdout.readexactly(size))
+                self._clock = None
+                self._answer(reply)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            self._answer((False, _overtime(self.waiting[0][1], self._limit)))
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            if self.waiting:
+                self._answer((False, ToolError("extract", "text extraction crashed")))
         finally:
-            for future in self.waiting:
-                if not future.done():
-                    future.set_result((False, ToolError("extract", "text extraction crashed")))
-            self.waiting.clear()
+            self._clock = None
+            while self.waiting:
+                self._answer(None)
             self._on_exit(self)
 
-    async def extract(
-        self, fetched: Fetched, text_format: str, seconds: float
-    ) -> tuple[bool, Document | ToolError]:
+    async def extract(self, fetched: Fetched, text_format: str, seconds: float) -> _Reply | None:
+        """The worker's reply for the page; None when it died before starting it."""
         payload = pickle.dumps((fetched, text_format, seconds))
         future = asyncio.get_running_loop().create_future()
-        self.waiting.append(future)
-        self.process.stdin.write(len(payload).to_bytes(8, "big") + payload)
-        await self.process.stdin.drain()
+        self.waiting.append((future, fetched.url))
+        self._start_clock()
+        try:
+            self.process.stdin.write(len(payload).to_bytes(8, "big") + payload)
+            await self.process.stdin.drain()
+        except ConnectionError:
+            return None
         return await future
 
     async def close(self) -> None:
@@ -116,8 +158,10 @@ class _Worker:
 class Extractor:
     """Runs `extract_document` in `workers` child processes (0: in a thread of this process).
 
-    Each page goes to the worker with the fewest pages queued; a worker that dies is
-    replaced, and while none is alive pages are extracted in a thread.
+    Each page goes to the worker with the fewest pages queued; a worker that dies, or is
+    killed for hanging, is replaced, and while none is alive pages are extracted in a thread.
+    Every page gets at most `timeout` seconds: a worker's alarm, or the wait for a thread (a
+    thread cannot be stopped: it finishes in the background).
     """
 
     def __init__(self, workers: int, timeout: float = 30.0) -> None:
@@ -149,7 +193,8 @@ class Extractor:
                 process.kill()
             await process.wait()
             return
-        self._workers.append(_Worker(process, self._replace))
+        limit = 2 * self._timeout + HANG_GRACE_S
+        self._workers.append(_Worker(process, self._replace, limit))
 
     def _replace(self, worker: _Worker) -> None:
         if worker in self._workers:  # not when closing
@@ -159,17 +204,29 @@ class Extractor:
             task.add_done_callback(self._spawning.discard)
 
     async def extract(self, fetched: Fetched, text_format: str) -> Document:
-        if self._workers:
-            worker = min(self._workers, key=lambda w: len(w.waiting))
-            try:
-                ok, value = await worker.extract(fetched, text_format, self._timeout)
-            except ConnectionError:
-                ok, value = False, ToolError("extract", "text extraction crashed")
-        else:
-            ok, value = await asyncio.to_thread(_extract_reply, fetched, text_format)
+        """The page's document; raises ToolError. A worker, else another one (the first died
+        before it reached the page), else a thread."""
+        ok, value = (
+            await self._in_worker(fetched, text_format)
+            or await self._in_worker(fetched, text_format)
+            or await self._in_thread(fetched, text_format)
+        )
         if not ok:
             raise value
         return value
+
+    async def _in_worker(self, fetched: Fetched, text_format: str) -> _Reply | None:
+        if not self._workers:
+            return None
+        worker = min(self._workers, key=lambda w: len(w.waiting))
+        return await worker.extract(fetched, text_format, self._timeout)
+
+    async def _in_thread(self, fetched: Fetched, text_format: str) -> _Reply:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await asyncio.to_thread(_extract_reply, fetched, text_format)
+        except TimeoutError:
+            return False, _overtime(fetched.url, self._timeout)
 
     async def close(self) -> None:
         for task in list(self._spawning):
