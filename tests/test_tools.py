@@ -469,3 +469,23 @@ def test_the_original_reading_prompt_works_as_a_prompt_file(web, data_dir, tmp_p
     assert json.loads(text)[0]["notes"][0]["info"] == "Page 1 window fact 0"
     assert "<main_question>\nWhich facts?\n</main_question>" in web.prompts[0]
     assert "<page_index>1</page_index>" in web.prompts[0]
+
+
+@pytest.mark.parametrize(
+    ("template", "fix"),
+    [
+        ("Read {page_text} for {question}: <new_info>", "unknown placeholder {page_text}"),
+        ("Read {content} and reply {like: this} <new_info>", "write literal braces as {{ and }}"),
+        ("Read {0} <new_info>", "not a str.format template"),
+        ("Answer {question} in <new_info>", "never shows the page: put {content}"),
+        ("Read {content} and summarise it.", "asks for no reply the parser reads"),
+    ],
+)
+def test_a_broken_reader_prompt_file_is_refused_at_start_up(web, tmp_path, template, fix):
+    prompt = tmp_path / "reader.txt"
+    prompt.write_text(template)
+    with pytest.raises(ToolsSetupError, match="reader_prompt_file") as refused:
+        ToolExecutor(_reader(web, reader_prompt_file=str(prompt)))
+    assert fix in str(refused.value)
+    with pytest.raises(ToolsSetupError, match="cannot read reader_prompt_file"):
+        ToolExecutor(_reader(web, reader_prompt_file=str(tmp_path / "missing.txt")))

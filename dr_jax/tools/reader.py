@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dr_jax.tools.errors import ToolError
+from dr_jax.tools.errors import ToolError, ToolsSetupError
 from dr_jax.tools.fetch import raise_for_status, transport_errors
 from dr_jax.tools.http import HttpClient
 
@@ -81,13 +81,45 @@ def parse_reply(text: str) -> ReaderReply:
     )
 
 
+_PROBE = "\x00window\x00"
+
+
 def load_prompt(path: str | None) -> str:
+    """The reading prompt: the built-in one, or the template at `path`, checked now (at
+    start-up, not on the first page browsed): it fills with the names above, shows the
+    window, and asks for a reply tag the parser reads."""
     if path is None:
         return DEFAULT_PROMPT
     try:
-        return Path(path).read_text(encoding="utf-8")
+        template = Path(path).read_text(encoding="utf-8")
     except OSError as e:
-        raise ValueError(f"cannot read reader_prompt_file {path!r}: {e.strerror}") from None
+        raise ToolsSetupError(f"cannot read reader_prompt_file {path!r}: {e.strerror}") from None
+    fields = dict(question="?", query="?", memory="", page=0, pages=1)
+    try:
+        rendered = render_prompt(template, **fields, content=_PROBE)
+    except KeyError as e:
+        raise ToolsSetupError(
+            f"reader_prompt_file {path!r} has an unknown placeholder {{{e.args[0]}}}: use "
+            "{question} {query} {memory} {page} {pages} {content} or DeepResearcher's names "
+            "(tools/reader.py), and write literal braces as {{ and }}"
+        ) from None
+    except (ValueError, IndexError) as e:
+        raise ToolsSetupError(
+            f"reader_prompt_file {path!r} is not a str.format template ({e}): write literal "
+            "braces as {{ and }}"
+        ) from None
+    if _PROBE not in rendered:
+        raise ToolsSetupError(
+            f"reader_prompt_file {path!r} never shows the page: put {{content}} (or "
+            "{page_content}) where the window goes"
+        )
+    if not any(f"<{tag}>" in template for tag in _INFO_TAGS):
+        raise ToolsSetupError(
+            f"reader_prompt_file {path!r} asks for no reply the parser reads: replies are read "
+            "from <new_info>...</new_info> <read_next>yes|no</read_next> (or DeepResearcher's "
+            "<extracted_info> and <page_down>)"
+        )
+    return template
 
 
 def render_prompt(
