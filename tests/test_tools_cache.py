@@ -24,6 +24,12 @@ PAGE = (
 )
 
 
+async def _value(cache, kind: str, key: str, ttl: float | None) -> str | None:
+    """The cached text, without the time it was written."""
+    entry = await cache.get(kind, key, ttl)
+    return None if entry is None else entry[0]
+
+
 def _searxng(server_url: str):
     async def handle(request: Request) -> Reply:
         if request.path == "/search":
@@ -113,14 +119,33 @@ def test_expired_entries_are_fetched_again(cache_url):
     async def scenario():
         cache = await open_cache(cache_url, replay=False)
         await cache.put("search", "q", "v", ttl=60)
-        fresh = await cache.get("search", "q", ttl=60)
+        fresh = await _value(cache, "search", "q", ttl=60)
         await asyncio.sleep(0.01)
-        expired = await cache.get("search", "q", ttl=0.001)
-        any_age = await cache.get("search", "q", ttl=None)
+        expired = await _value(cache, "search", "q", ttl=0.001)
+        any_age = await _value(cache, "search", "q", ttl=None)
         await cache.close()
         return fresh, expired, any_age
 
     assert asyncio.run(scenario()) == ("v", None, "v")
+
+
+def test_a_copy_in_memory_expires_when_the_fetched_entry_does(web, cache_url):
+    """The TTL counts from the fetch, not from when this process copied the entry to memory."""
+    config = _config(web, cache_url, search_ttl=1.0)
+    call = ToolCall("web_search", {"query": ["barn owl"]})
+
+    async def scenario():
+        async with ToolExecutor(config) as first:
+            await first.execute(call, ToolSession("q"))  # fetched at t0
+        await asyncio.sleep(0.3)
+        async with ToolExecutor(config) as second:
+            await second.execute(call, ToolSession("q"))  # ~t0 + 0.3: copied to memory
+            await asyncio.sleep(0.8)
+            await second.execute(call, ToolSession("q"))  # ~t0 + 1.1: expired, copy or not
+            return second.metrics()
+
+    metrics = asyncio.run(scenario())
+    assert metrics["cache_hits"] == 1 and metrics["requests"] == 1
 
 
 def test_without_a_cache_file_repeats_in_one_process_are_served_from_memory(web):

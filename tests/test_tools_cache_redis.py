@@ -13,7 +13,7 @@ import pytest
 import redis
 from loopback import LoopbackServer
 from redis_server import RedisServer
-from test_tools_cache import _config, _searxng
+from test_tools_cache import _config, _searxng, _value
 
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession, ToolsSetupError
 from dr_jax.tools.cache import open_cache
@@ -44,9 +44,9 @@ def test_entries_expire_in_redis_after_their_ttl(redis_url):
     async def scenario():
         cache = await open_cache(redis_url, replay=False)
         await cache.put("page", "http://a/", "text", ttl=0.2)
-        kept = await cache.get("page", "http://a/", ttl=None)
+        kept = await _value(cache, "page", "http://a/", ttl=None)
         await asyncio.sleep(0.3)
-        gone = await cache.get("page", "http://a/", ttl=None)
+        gone = await _value(cache, "page", "http://a/", ttl=None)
         await cache.close()
         return kept, gone
 
@@ -64,14 +64,14 @@ def test_a_killed_server_costs_one_warning_and_the_cache_until_it_is_back(caplog
             await cache.put("search", "q", "recorded", ttl=60)
             server.kill()
             started = time.monotonic()
-            down = [await cache.get("search", "q", ttl=None) for _ in range(100)]
+            down = [await _value(cache, "search", "q", ttl=None) for _ in range(100)]
             for i in range(100):
                 await cache.put("search", f"q{i}", "lost", ttl=60)
             spent = time.monotonic() - started
             server.start()  # the same address, empty (it saved nothing)
             await asyncio.sleep(0.35)
             await cache.put("search", "q", "new", ttl=60)
-            back = await cache.get("search", "q", ttl=None)
+            back = await _value(cache, "search", "q", ttl=None)
             await cache.close()
             return down, spent, back
 
@@ -95,7 +95,7 @@ def test_a_server_restarted_between_two_calls_is_not_even_noticed(caplog):
             server.kill()
             server.start()  # the pooled connection is now a dead one
             await cache.put("search", "q", "new", ttl=60)
-            value = await cache.get("search", "q", ttl=None)
+            value = await _value(cache, "search", "q", ttl=None)
             await cache.close()
             return value
 
@@ -113,9 +113,9 @@ def test_a_hung_server_costs_one_call_its_timeout_and_the_others_nothing(caplog)
             os.kill(server.pid, signal.SIGSTOP)  # connections open, nothing ever answers
             try:
                 started = time.monotonic()
-                first = await cache.get("search", "q", ttl=None)
+                first = await _value(cache, "search", "q", ttl=None)
                 first_took = time.monotonic() - started
-                rest = [await cache.get("search", "q", ttl=None) for _ in range(100)]
+                rest = [await _value(cache, "search", "q", ttl=None) for _ in range(100)]
                 rest_took = time.monotonic() - started - first_took
             finally:
                 os.kill(server.pid, signal.SIGCONT)
@@ -194,7 +194,7 @@ def test_the_password_is_read_from_the_environment_and_refused_in_the_url(monkey
         async def round_trip():
             cache = await open_cache(server.url, replay=False)
             await cache.put("search", "q", "v", ttl=60)
-            value = await cache.get("search", "q", ttl=60)
+            value = await _value(cache, "search", "q", ttl=60)
             await cache.close()
             return value
 

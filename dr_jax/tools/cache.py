@@ -36,8 +36,9 @@ def fresh(created: float, ttl: float | None) -> bool:
 class PersistentCache(Protocol):
     """What the dispatcher needs from a cache that outlives the process."""
 
-    async def get(self, kind: str, key: str, ttl: float | None) -> str | None:
-        """The stored value if present and younger than `ttl` seconds (any age when None)."""
+    async def get(self, kind: str, key: str, ttl: float | None) -> tuple[str, float] | None:
+        """(value, the time.time() it was written) if present and younger than `ttl` seconds
+        (any age when None)."""
 
     async def put(self, kind: str, key: str, value: str, ttl: float) -> None:
         """Store `value`, to be kept at least `ttl` seconds (Redis forgets it after that)."""
@@ -82,9 +83,9 @@ class SqliteCache:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(_SCHEMA)
 
-    async def get(self, kind: str, key: str, ttl: float | None) -> str | None:
+    async def get(self, kind: str, key: str, ttl: float | None) -> tuple[str, float] | None:
         row = await asyncio.to_thread(self._select, kind, key)
-        return row[0] if row is not None and fresh(row[1], ttl) else None
+        return row if row is not None and fresh(row[1], ttl) else None
 
     async def put(self, kind: str, key: str, value: str, ttl: float) -> None:
         await asyncio.to_thread(self._insert, kind, key, value)
@@ -124,13 +125,15 @@ class MemoryCache:
         self._items.move_to_end((kind, key))
         return item[0]
 
-    def put(self, kind: str, key: str, value: str) -> None:
+    def put(self, kind: str, key: str, value: str, created: float | None = None) -> None:
+        """Keep `value`, written at `created` (default: now); a copy of a persistent entry
+        keeps its age, so its TTL still counts from the original fetch."""
         old = self._items.pop((kind, key), None)
         if old is not None:
             self._chars -= len(old[0])
         if len(value) > self._max_chars:
             return
-        self._items[(kind, key)] = (value, time.time())
+        self._items[(kind, key)] = (value, time.time() if created is None else created)
         self._chars += len(value)
         while self._chars > self._max_chars:
             _, (evicted, _) = self._items.popitem(last=False)

@@ -74,9 +74,10 @@ class Dispatcher:
         ttl_or_none = None if self.config.replay else ttl
         value = self._memory.get(kind, key, ttl_or_none)
         if value is None and self._cache is not None:
-            value = await self._cache.get(kind, key, ttl_or_none)
-            if value is not None:
-                self._memory.put(kind, key, value)
+            entry = await self._cache.get(kind, key, ttl_or_none)
+            if entry is not None:
+                value, created = entry
+                self._memory.put(kind, key, value, created)
         if value is not None:
             self._metrics.counts["cache_hits"] += 1
             return value

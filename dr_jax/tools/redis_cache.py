@@ -71,12 +71,12 @@ class RedisCache:
                 f"or fix --tools.cache-url (a password goes in ${PASSWORD_ENV})"
             ) from None
 
-    async def get(self, kind: str, key: str, ttl: float | None) -> str | None:
+    async def get(self, kind: str, key: str, ttl: float | None) -> tuple[str, float] | None:
         name = PREFIX + kind + ":" + key
         entry = await self._call(lambda: self._redis.hmget(name, "value", "created"))
         if entry is None or entry[0] is None or not fresh(float(entry[1]), ttl):
             return None
-        return entry[0]
+        return entry[0], float(entry[1])
 
     async def put(self, kind: str, key: str, value: str, ttl: float) -> None:
         name = PREFIX + kind + ":" + key
