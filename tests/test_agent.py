@@ -10,6 +10,7 @@ import asyncio
 import json
 import random
 import re
+import threading
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -22,7 +23,7 @@ from dr_jax.rollout import (
     Trajectory,
     rollout_metrics,
 )
-from dr_jax.rollout.prompts import default_prompt
+from dr_jax.rollout.prompts import PromptTemplate, default_prompt
 from dr_jax.runtime import start_world_tools
 from dr_jax.tools import ToolsConfig
 from dr_jax.world import World
@@ -304,3 +305,44 @@ def test_rollout_metrics_summarise_finish_reasons_and_time(qwen_tokenizer):
     assert m["rollout/finish/answer"] == 0.5 and m["rollout/answer_rate"] == 0.5
     assert m["rollout/turns_mean"] == 1.5 and m["rollout/sampled_tokens"] == 3
     assert m["rollout/sampling_time_share"] == 0.5 and m["rollout/tools_time_share"] == 0.125
+
+
+class ThreadRecordingTemplate(PromptTemplate):
+    """The default prompt, noting the thread and the length of each observation it renders."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        object.__setattr__(self, "rendered", [])
+
+    def observation_ids(self, tokenizer, observation: str) -> list[int]:
+        self.rendered.append((threading.current_thread(), len(observation)))
+        return super().observation_ids(tokenizer, observation)
+
+
+def test_a_long_observation_is_cut_then_tokenized_off_the_event_loop(qwen_tokenizer, world):
+    class HugePage:
+        def __init__(self, executor) -> None:
+            pass
+
+        async def execute(self, call, session) -> str:
+            return "word " * 200_000
+
+    template = ThreadRecordingTemplate()
+    script = {0: search("a"), 1: answer("b")}
+    sampler = ScriptedSampler(qwen_tokenizer, lambda q, k, c: script[k])
+
+    async def main():
+        agent = Agent(
+            sampler,
+            qwen_tokenizer,
+            HugePage(None),
+            AgentConfig(today=TODAY, max_observation_chars=1000),
+            template,
+        )
+        return await agent.rollout(["q?"]), threading.current_thread()
+
+    [traj], loop_thread = asyncio.run(main())
+    ((thread, chars),) = template.rendered
+    assert thread is not loop_thread and chars == 1000 + len("\n[cut: 999,000 more characters]")
+    assert traj.messages[-2]["content"].endswith("word \n[cut: 999,000 more characters]")
+    assert traj.finish_reason == "answer"

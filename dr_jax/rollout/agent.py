@@ -39,6 +39,9 @@ class AgentConfig:
     """Model turns per trajectory (DeepResearcher: 10)."""
     max_context_tokens: int = 32_768
     """Prompt + response tokens; no turn or observation may go past it."""
+    max_observation_chars: int = 262_144
+    """Characters of an observation tokenized; the rest is cut, said in the text. At 8
+    characters a token (twice English's) this much still fills 32,768 tokens."""
     sampling: SamplingParams = field(default_factory=SamplingParams)
     """Per-turn sampling; the end-of-turn id is always added to its stop ids."""
     max_concurrent: int = 1024
@@ -53,8 +56,19 @@ class AgentConfig:
             raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
         if self.max_context_tokens < 2:
             raise ValueError(f"max_context_tokens must be >= 2, got {self.max_context_tokens}")
+        if self.max_observation_chars < 1:
+            raise ValueError(
+                f"max_observation_chars must be >= 1, got {self.max_observation_chars}"
+            )
         if self.max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
+
+
+def cut_observation(observation: str, max_chars: int) -> str:
+    """`observation` with what follows its first `max_chars` characters replaced by a note."""
+    if len(observation) <= max_chars:
+        return observation
+    return observation[:max_chars] + f"\n[cut: {len(observation) - max_chars:,} more characters]"
 
 
 _MASK64 = (1 << 64) - 1
@@ -192,7 +206,11 @@ class Agent:
             # A turn cut by a stop string or max_new_tokens lacks the end-of-turn token the
             # template puts before the tool turn: it is added, unsampled (mask 0).
             closing = [] if result.token_ids[-1:] == [self._end_id] else [self._end_id]
-            obs_ids = closing + self.template.observation_ids(self.tokenizer, observation)
+            observation = cut_observation(observation, cfg.max_observation_chars)
+            # Tokenizing a long page takes milliseconds: not on the loop every trajectory shares.
+            obs_ids = closing + await asyncio.to_thread(
+                self.template.observation_ids, self.tokenizer, observation
+            )
             if traj.num_tokens + len(obs_ids) >= cfg.max_context_tokens:
                 traj.finish_reason = "context_budget"
                 break
