@@ -4,7 +4,7 @@ Each is a small dataclass with defaults that work on a laptop: the embedded tiny
 in-process JAX sampler. tyro turns the field comments into `--help` text.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dr_jax.models.attention import AttentionImpl, resolve
@@ -56,13 +56,50 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class SGLangConfig:
+    """How the client drives SGLang servers (kind="sglang"; dr_jax.rollout.sglang.MIN_VERSION)."""
+
+    engines: tuple[str, ...] = ("http://127.0.0.1:30000",)
+    """Base URLs of the SGLang engines. Weight updates (pause, load, continue) go to every one;
+    generation goes round-robin over them unless --sampler.sglang.router is set."""
+    router: str = ""
+    """An SGLang router in front of the engines: generation goes through it (it has no weight
+    routes, so the engines are still listed). Empty: round-robin over the engines."""
+    timeout: float = 600.0
+    """Seconds for one HTTP exchange (a long generation included)."""
+    retries: int = 3
+    """Extra attempts after a refused connection or a 5xx, with exponential backoff (a 4xx is
+    never retried)."""
+    backoff: float = 0.5
+    """First backoff in seconds; doubles each attempt."""
+    max_connections: int = 512
+    """Requests in flight at once."""
+    pause_mode: Literal["abort", "retract", "in_place"] = "abort"
+    """`pause_generation` mode before a weight update. abort: requests in flight end as aborts;
+    retract / in_place keep them, and newer SGLang then refuses the cache flush the update
+    needs, so keep abort unless nothing is in flight (SGLang 0.5.5 ignores the mode)."""
+    sync_timeout: float = 600.0
+    """Seconds to wait for an engine that went away (health polling) before a rollout and
+    during a weight update, before giving up."""
+
+    def __post_init__(self) -> None:
+        urls = (*self.engines, *((self.router,) if self.router else ()))
+        if not self.engines or not all(u.startswith(("http://", "https://")) for u in urls):
+            raise ValueError(
+                "--sampler.sglang.engines needs one or more http(s):// base URLs (and "
+                f"--sampler.sglang.router one, or nothing); got {list(self.engines)}, "
+                f"{self.router!r}."
+            )
+        at_least(self, "sampler.sglang", timeout=1e-3, retries=0, backoff=0.0,
+                 max_connections=1, sync_timeout=0.0)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class SamplerConfig:
     """Where tokens come from: the in-process JAX sampler or an SGLang server, and how to sample."""
 
     kind: Literal["jax", "sglang"] = "jax"
-    """"jax": sample in this process from the policy; "sglang": an SGLang server at `url`."""
-    url: str = "http://127.0.0.1:30000"
-    """SGLang server base URL (kind="sglang" only)."""
+    """"jax": sample in this process from the policy; "sglang": SGLang (--sampler.sglang)."""
     temperature: float = 1.0
     """Sampling temperature; 0 = greedy (argmax). DeepResearcher trained and evaluated at 1.0."""
     top_p: float = 1.0
@@ -75,6 +112,7 @@ class SamplerConfig:
     """JAX sampler: rows decoded together (KV-cache batch)."""
     max_seq_len: int = 8192
     """JAX sampler: KV-cache length per row; it bounds the context (prompt, turns, observations)."""
+    sglang: SGLangConfig = field(default_factory=SGLangConfig)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:

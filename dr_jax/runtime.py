@@ -64,12 +64,12 @@ def build_sampler(
     tokenizer: PreTrainedTokenizerBase,
     mesh: Mesh | None = None,
 ) -> Sampler:
-    """The in-process JAX sampler over `policy`, or a client of the SGLang server at `url`.
+    """The in-process JAX sampler over `policy`, or a client of the SGLang engines.
 
     `mesh`: the JAX sampler splits its KV cache by rows over the mesh the policy lives on
     (needed on several processes, where it samples in lockstep)."""
     if config.kind == "sglang":
-        return SGLangSampler(config.url)
+        return SGLangSampler(config.sglang)
     if policy is None:
         raise ValueError("--sampler.kind jax samples from a policy: build one with build_policy.")
     # Qwen chat models end a turn with eos (<|im_end|>) and a document with <|endoftext|>.

@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
-from test_sglang import StandIn
+from sglang_standin import StandIn
 
-from dr_jax.config import PolicyConfig, SamplerConfig
+from dr_jax.config import PolicyConfig, SamplerConfig, SGLangConfig
 from dr_jax.eval import EvalConfig, evaluate
 from dr_jax.models import ModelConfig, init_policy, save_pretrained
 from dr_jax.runtime import build_policy, build_tokenizer, start_world_tools
@@ -56,7 +56,8 @@ def test_the_world_backend_serves_the_world_on_loopback_for_the_tools():
 def test_evaluation_over_an_sglang_server_sends_the_agent_prompts(qwen_tokenizer, tmp_path):
     world = World.generate(seed=0, size="tiny")
     with StandIn() as server:
-        sampler = SamplerConfig(kind="sglang", url=server.url, temperature=0.0, max_new_tokens=8)
+        engines = SGLangConfig(engines=(server.url,))
+        sampler = SamplerConfig(kind="sglang", sglang=engines, temperature=0.0, max_new_tokens=8)
         config = EvalConfig(out_dir=str(tmp_path), sampler=sampler, tools=TOOLS, limit=2)
         summary = asyncio.run(evaluate(config, world))
     generate = [body for path, body in server.log if path == "/generate"]

@@ -39,3 +39,38 @@ def test_an_unknown_preset_is_refused_with_the_choices(launcher, capsys):
     with pytest.raises(SystemExit):
         launcher.parse(["--preset", "huge"])
     assert "smoke" in capsys.readouterr().err
+
+
+def test_every_sglang_setting_is_a_flag(launcher):
+    from dr_jax.rollout import SGLangSampler
+    from dr_jax.runtime import build_sampler
+
+    config, _ = launcher.parse([
+        "--preset", "smoke", "--sampler.kind", "sglang",
+        "--sampler.sglang.engines", "http://e1:30000", "http://e2:30000",
+        "--sampler.sglang.router", "http://router:30000", "--sampler.sglang.timeout", "30",
+        "--sampler.sglang.retries", "1", "--sampler.sglang.backoff", "0.1",
+        "--sampler.sglang.max-connections", "64", "--sampler.sglang.pause-mode", "retract",
+        "--sampler.sglang.sync-timeout", "90",
+    ])  # fmt: skip
+    sampler = build_sampler(config.sampler, None, tokenizer=None)
+    assert isinstance(sampler, SGLangSampler)
+    assert sampler.engines == ["http://e1:30000", "http://e2:30000"]
+    sglang = sampler.config
+    assert (sglang.router, sglang.timeout, sglang.retries, sglang.backoff) == (
+        "http://router:30000", 30.0, 1, 0.1)  # fmt: skip
+    assert (sglang.max_connections, sglang.pause_mode, sglang.sync_timeout) == (64, "retract", 90)
+
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--sampler.sglang.engines", "e1:30000"], "--sampler.sglang.engines"),
+        (["--sampler.sglang.retries", "-1"], "--sampler.sglang.retries"),
+        (["--sampler.sglang.pause-mode", "stop"], "pause-mode"),
+    ],
+)
+def test_a_bad_sglang_flag_is_refused_naming_it(launcher, flags, says, capsys):
+    with pytest.raises((ValueError, SystemExit)) as error:
+        launcher.parse(["--preset", "smoke", *flags])
+    assert says in str(error.value) + capsys.readouterr().err

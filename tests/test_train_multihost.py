@@ -194,11 +194,12 @@ sys.path.insert(0, {tests!r})
 from pathlib import Path
 import jax
 from test_train_e2e import tiny_config
-from dr_jax.config import SamplerConfig
+from dr_jax.config import SamplerConfig, SGLangConfig
 from dr_jax.train.run import train
 
 config = tiny_config(Path(sys.argv[1]), mesh="2x2")
-sampler = SamplerConfig(kind="sglang", url=sys.argv[2], max_new_tokens=8)
+engines = SGLangConfig(engines=(sys.argv[2],))
+sampler = SamplerConfig(kind="sglang", sglang=engines, max_new_tokens=8)
 config = config.replace(sampler=sampler, sft=config.sft.__class__(steps=0))
 asyncio.run(train(config))
 longer = config.replace(grpo=dataclasses.replace(config.grpo, steps=3))
@@ -213,9 +214,14 @@ def test_two_processes_share_one_sglang_server_push_weights_once_and_resume(tmp_
     the same run resumed for a third: every trajectory is requested once (by the host that
     owns it); each weight sync (start, each step, the resume's start) is one write by
     process 0 and one /update_weights_from_disk; the resumed step takes the next questions."""
-    from test_sglang import StandIn
+    from sglang_standin import StandIn
 
-    with StandIn() as server:
+    from dr_jax.config import PolicyConfig
+    from dr_jax.models import save_pretrained
+    from dr_jax.runtime import build_policy
+
+    served = save_pretrained(build_policy(PolicyConfig()), tmp_path / "served")  # the start
+    with StandIn(served) as server:
         port = str(_free_port())
         hosts = [
             _start(

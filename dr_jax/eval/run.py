@@ -31,6 +31,7 @@ from dr_jax.rollout import (
     Agent,
     AgentConfig,
     Sampler,
+    SGLangSampler,
     Trajectory,
 )
 from dr_jax.rollout.prompts import PromptConfig
@@ -245,8 +246,9 @@ async def _run(
         elif sampler is None:
             policy = build_policy(config.policy) if config.sampler.kind == "jax" else None
             sampler = build_sampler(config.sampler, policy, tokenizer)
-            if hasattr(sampler, "aclose"):
+            if isinstance(sampler, SGLangSampler):  # a wrong server stops here, not per question
                 stack.push_async_callback(sampler.aclose)
+                await sampler.connect()
         context = config.max_context_tokens
         if config.sampler.kind == "jax" and not config.oracle:  # the KV cache bounds the context
             context = min(context, config.sampler.max_seq_len)

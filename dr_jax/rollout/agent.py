@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from dr_jax.rollout.parse import parse_turn
 from dr_jax.rollout.prompts import PromptTemplate, default_prompt
-from dr_jax.rollout.sampler import Sampler, SamplingParams
+from dr_jax.rollout.sampler import ContextFull, Sampler, SamplingParams
 from dr_jax.rollout.trajectory import Trajectory
 from dr_jax.tools.calls import ToolCall
 from dr_jax.tools.session import ToolSession
@@ -173,6 +173,9 @@ class Agent:
             try:
                 context = traj.prompt_ids + traj.response_ids
                 [result] = await self.sampler.generate([context], params)
+            except ContextFull:  # the sampler's context is shorter than max_context_tokens
+                traj.finish_reason = "context_budget"
+                break
             except Exception as err:
                 traj.finish_reason, traj.error = "sampler_error", f"{type(err).__name__}: {err}"
                 break

@@ -63,6 +63,12 @@ class SampleResult:
     context was reached; abort: the server dropped the request."""
 
 
+class ContextFull(ValueError):
+    """The prompt alone fills the sampler's context: no token can be sampled after it. The
+    policy's own conversation ran out of room (the agent ends it as "context_budget"), not an
+    infrastructure failure."""
+
+
 @runtime_checkable
 class Sampler(Protocol):
     """An async batch generator over token ids (in-process JAX or a remote SGLang server)."""
@@ -70,7 +76,8 @@ class Sampler(Protocol):
     async def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams
     ) -> list[SampleResult]:
-        """One `SampleResult` per prompt, in order; raises on a sampler failure."""
+        """One `SampleResult` per prompt, in order; raises ContextFull for a prompt that leaves
+        no room, and another exception on a sampler failure."""
         ...
 
 

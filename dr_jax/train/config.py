@@ -203,8 +203,6 @@ class TrainConfig:
     weights_dir: str = ""
     """SGLang weight sync: where HF safetensors are written each step (default <run_dir>/weights;
     /dev/shm is fastest). Must be readable by the server."""
-    sync_timeout: float = 600.0
-    """Seconds to wait for a lost SGLang server to come back before giving up."""
 
     def __post_init__(self) -> None:
         if self.max_turns < 1:

@@ -28,17 +28,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jax
 import numpy as np
 from tqdm import tqdm
 
 from dr_jax import losses
 from dr_jax.models.flops import learner_flops
-from dr_jax.retry import retry
 from dr_jax.reward import deepresearcher_score, exact_match
 from dr_jax.rollout import JaxSampler, rollout_metrics
-from dr_jax.rollout.sglang import SGLangError
 from dr_jax.rollout.trajectory import INFRA_FAILURES
 from dr_jax.tools.metrics import step_metrics
 from dr_jax.train import multihost
@@ -50,8 +47,6 @@ from dr_jax.train.step import TrainBatch
 
 WeightSync = Callable[[Any, int], Awaitable[None]]
 """`await sync(params, step)`: the sampler samples from `params` afterwards."""
-
-SYNC_ATTEMPTS = 3
 
 
 def score_trajectories(trajectories: Sequence, answers: Sequence[Sequence[str]]) -> np.ndarray:
@@ -177,12 +172,12 @@ def say(line: str) -> None:
         tqdm.write(line)
 
 
-def weight_sync(sampler: Any, policy: Any, weights_dir: Path, *, timeout: float) -> WeightSync:
+def weight_sync(sampler: Any, policy: Any, weights_dir: Path) -> WeightSync:
     """How new parameters reach the sampler. The in-process JAX sampler samples from the
-    learner's own arrays (no copy). SGLang: bf16 safetensors in `weights_dir`, then
-    /update_weights_from_disk; a server that went away is waited for (up to `timeout` s) and
-    the push retried. On several processes, process 0 writes and pushes (the server, or the
-    router in front of several, is shared) while the others join the gathers and wait."""
+    learner's own arrays (no copy). SGLang: bf16 safetensors in `weights_dir`, then every
+    engine loads them (`SGLangSampler.update_weights_from_disk`, which waits out an engine that
+    went away). On several processes, process 0 writes and pushes (the engines are shared)
+    while the others join the gathers, expect the new version and wait."""
     if isinstance(sampler, JaxSampler):
 
         async def share(params: Any, step: int) -> None:
@@ -190,19 +185,13 @@ def weight_sync(sampler: Any, policy: Any, weights_dir: Path, *, timeout: float)
 
         return share
 
-    async def load(path: Path, step: int) -> None:
-        await retry(
-            lambda attempt: sampler.update_weights_from_disk(path, step),
-            attempts=SYNC_ATTEMPTS,
-            retryable=lambda e: isinstance(e, httpx.HTTPError | SGLangError),
-            wait=lambda attempt, e: sampler.wait_healthy(timeout=timeout),
-        )
-
     async def push(params: Any, step: int) -> None:
         # every process joins the parameter gathers; process 0 writes the files
         path = await sampler.write_weights(policy.replace(params=params), weights_dir)
         if is_main_process():
-            await load(path, step)
+            await sampler.update_weights_from_disk(path, step)
+        else:
+            sampler.expect_version(step)
         await asyncio.to_thread(barrier, f"weights {step}")
 
     return push

@@ -225,7 +225,6 @@ async def train(config: TrainConfig) -> dict[str, Any]:
             sampler,
             policy,
             Path(config.weights_dir) if config.weights_dir else run_dir / "weights",
-            timeout=config.sync_timeout,
         )
         agent, val_agent = build_agents(config, sampler, tokenizer, tools)
         warm_dir = run_dir / "warm_start"
@@ -286,7 +285,7 @@ async def train(config: TrainConfig) -> dict[str, Any]:
             ref_params=learner.reference_params() if config.loss.kl_coef else None,
             pad_id=pad_id(tokenizer),
             samples_per_step=config.metrics.samples_per_step,
-            before_rollout=_health_wait(sampler, config.sync_timeout),
+            before_rollout=_health_wait(sampler),
         )
         try:
             await loop.run(state, start)
@@ -299,15 +298,10 @@ async def train(config: TrainConfig) -> dict[str, Any]:
     return loop.last_record
 
 
-def _health_wait(sampler: Any, timeout: float) -> Any:
-    """SGLang: wait for a lost server to come back before each rollout (JAX: nothing)."""
-    if not isinstance(sampler, SGLangSampler):
-        return None
-
-    async def wait() -> None:
-        await sampler.wait_healthy(timeout=timeout)
-
-    return wait
+def _health_wait(sampler: Any) -> Any:
+    """SGLang: wait for lost engines to come back (up to --sampler.sglang.sync-timeout) before
+    each rollout (JAX: nothing)."""
+    return sampler.wait_healthy if isinstance(sampler, SGLangSampler) else None
 
 
 def _size(size: str) -> str | int:
