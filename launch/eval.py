@@ -3,7 +3,7 @@
     python launch/eval.py run --oracle                      # pipeline check: F1 = 100 on the world
     python launch/eval.py run --limit 8 --sampler.max-new-tokens 64    # tiny random policy, quick
     python launch/eval.py run --dataset tests/data/deepresearcher/test.parquet \
-        --policy.path CKPT --sampler.kind sglang --sampler.url http://127.0.0.1:30000 \
+        --policy.path CKPT --sampler.kind sglang --sampler.sglang.engines http://127.0.0.1:30000 \
         --tools.search-backend serper --judge.url https://api.openai.com/v1
     python launch/eval.py run --policy.path DIR --compile-only v5p:2x2x4   # fits? (config.json)
     python launch/eval.py score rollout_step_0.json --dataset test.parquet   # DeepResearcher output
