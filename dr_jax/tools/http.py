@@ -11,7 +11,7 @@ import contextlib
 import json
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -46,7 +46,7 @@ class DnsError(HttpError):
 
 
 @contextlib.contextmanager
-def _errors(what: str) -> Any:
+def _errors(what: str) -> Iterator[None]:
     """aiohttp's exceptions as this module's (the guard's ToolErrors pass through)."""
     try:
         yield
@@ -127,7 +127,8 @@ class HttpClient:
         guard: Guard | None = None,
     ) -> None:
         self._guard = guard
-        self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
+        self._connect_timeout = connect_timeout
+        self._timeouts = aiohttp.ClientTimeout(connect=connect_timeout, sock_read=read_timeout)
         connector = aiohttp.TCPConnector(
             ssl=ssl.create_default_context(cafile=certifi.where()),
             limit=0,
@@ -138,7 +139,7 @@ class HttpClient:
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers={"user-agent": user_agent, "accept": "*/*"},
-            timeout=aiohttp.ClientTimeout(connect=connect_timeout, sock_read=read_timeout),
+            timeout=self._timeouts,
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
             read_bufsize=CHUNK,
@@ -161,9 +162,9 @@ class HttpClient:
         target = parse_url(url)
         if self._guard is not None:
             self._guard.check_url(target)
-        limits = aiohttp.ClientTimeout(
-            connect=self._connect_timeout, sock_read=timeout or self._read_timeout
-        )
+        limits = self._timeouts
+        if timeout is not None:
+            limits = aiohttp.ClientTimeout(connect=self._connect_timeout, sock_read=timeout)
         with _errors(f"{method} {url}"):
             response = await self._session.request(
                 method,
