@@ -7,8 +7,10 @@ TrajectoryFinish = Literal[
     "answer", "format_error", "max_turns", "context_budget", "length", "abort", "sampler_error"
 ]
 """answer: an <answer> turn; format_error: a turn parse_turn rejected; max_turns: the turn limit
-with a tool call pending; context_budget: no room left for another turn or observation; length:
-a turn hit max_new_tokens; abort: the sampler dropped the request; sampler_error: it raised."""
+with a tool call pending; context_budget: no room left for another turn or observation (in the
+agent's budget or the sampler's context: the policy's own doing); length: a turn hit
+max_new_tokens; abort: the sampler dropped the request (a pause, a NaN); sampler_error: it
+raised."""
 
 INFRA_FAILURES = frozenset({"abort", "sampler_error"})
 """Finishes caused by the infrastructure (a server outage, a device OOM), not by the policy: such a
