@@ -175,7 +175,7 @@ class StandIn:
         self.context_length = context_length or config.get("max_position_embeddings", 32768)
         self.max_total_num_tokens = kv_tokens
         self.max_req_len = min(self.context_length - 1, kv_tokens - 1)
-        self.max_req_input_len = self.max_req_len - 5
+        self.max_req_input_len = self.max_req_len - 5  # tp_worker.py
         self.version = version
         self.start_seconds = start_seconds
         self.abort_rate = abort_rate
@@ -241,6 +241,18 @@ class StandIn:
     def outage_at(self, path: str, nth: int, seconds: float) -> None:
         """The `nth` request to `path` (1-based) is dropped and starts a `refuse(seconds)`."""
         self._outage = (path, nth, seconds)
+
+    def outage_starts(self, path: str) -> bool:
+        """Whether this request to `path` is the one `outage_at` named (the outage has then
+        begun: the port is closed before the client sees its connection dropped)."""
+        if self._outage is None or self._outage[0] != path:
+            return False
+        _, nth, seconds = self._outage
+        if self.paths().count(path) != nth:
+            return False
+        self._outage = None
+        self.refuse(seconds)
+        return True
 
     # ------------------------------------------------------------------------- handlers
 
@@ -423,13 +435,9 @@ class Handler(BaseHTTPRequestHandler):
         engine = self.standin
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         engine.log.append((self.path, body))
-        if engine._outage and engine._outage[0] == self.path:
-            path, nth, seconds = engine._outage
-            if sum(p == path for p in engine.paths()) == nth:
-                engine._outage = None
-                self.close_connection = True
-                engine.refuse(seconds)  # the port is closed before the client sees the drop
-                return
+        if engine.outage_starts(self.path):
+            self.close_connection = True
+            return
         if engine.drop:
             engine.drop -= 1
             self.close_connection = True
