@@ -134,8 +134,10 @@ class Guard:
                 "unsafe_url", f"refused {url.with_user(None)}: URLs with credentials are refused"
             )
         host, port = url.raw_host or "", url.port or 0
+        if (host, port) in self._allow:
+            return
         address = _literal(host)
-        if address is not None and (host, port) not in self._allow:
+        if address is not None:
             self._check(host, port, address)
 
     def check_addresses(self, host: str, port: int, addresses: Iterable[str]) -> None:
