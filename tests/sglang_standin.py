@@ -420,12 +420,7 @@ class Handler(BaseHTTPRequestHandler):
         return self.server.standin  # type: ignore[attr-defined]
 
     def reply(self, status: int, body: Any) -> None:
-        data = b"" if body is None else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, b"" if body is None else json.dumps(body).encode())
 
     def do_GET(self) -> None:
         self.standin.log.append((self.path, None))
@@ -448,6 +443,15 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(*engine.post(self.path, body))
 
 
+def send_json(handler: BaseHTTPRequestHandler, status: int, data: bytes) -> None:
+    """One JSON response, with its length (the client keeps the connection alive)."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class Router:
     """SGLang's router in front of engines: `/generate` is forwarded round-robin, `/health` is
     liveness (always 200), and there are no weight routes (404)."""
@@ -461,25 +465,18 @@ class Router:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def answer(self, status: int, data: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
             def do_GET(self) -> None:
                 router.log.append(self.path)
-                self.answer(200 if self.path == "/health" else 404, b"{}")
+                send_json(self, 200 if self.path == "/health" else 404, b"{}")
 
             def do_POST(self) -> None:
                 router.log.append(self.path)
                 data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.path != "/generate":
-                    self.answer(404, b'{"detail": "Not Found"}')
+                    send_json(self, 404, b'{"detail": "Not Found"}')
                     return
                 out = httpx.post(next(router.engines) + self.path, content=data, timeout=60)
-                self.answer(out.status_code, out.content)
+                send_json(self, out.status_code, out.content)
 
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
