@@ -319,30 +319,37 @@ class ThreadRecordingTemplate(PromptTemplate):
         return super().observation_ids(tokenizer, observation)
 
 
-def test_a_long_observation_is_cut_then_tokenized_off_the_event_loop(qwen_tokenizer, world):
-    class HugePage:
-        def __init__(self, executor) -> None:
-            pass
+class HugePage:
+    """Tools whose every observation is a million characters."""
 
-        async def execute(self, call, session) -> str:
-            return "word " * 200_000
+    async def execute(self, call, session) -> str:
+        return "word " * 200_000
 
+
+def _huge_rollout(tokenizer, **config) -> tuple[Trajectory, threading.Thread, list]:
+    """One trajectory that searches once (a million-character observation), then answers:
+    (it, the event loop's thread, (thread, length) of each observation tokenized)."""
     template = ThreadRecordingTemplate()
     script = {0: search("a"), 1: answer("b")}
-    sampler = ScriptedSampler(qwen_tokenizer, lambda q, k, c: script[k])
+    sampler = ScriptedSampler(tokenizer, lambda q, k, c: script[k])
 
     async def main():
-        agent = Agent(
-            sampler,
-            qwen_tokenizer,
-            HugePage(None),
-            AgentConfig(today=TODAY, max_observation_chars=1000),
-            template,
-        )
+        agent = Agent(sampler, tokenizer, HugePage(), AgentConfig(today=TODAY, **config), template)
         return await agent.rollout(["q?"]), threading.current_thread()
 
     [traj], loop_thread = asyncio.run(main())
-    ((thread, chars),) = template.rendered
+    return traj, loop_thread, template.rendered
+
+
+def test_a_long_observation_is_cut_then_tokenized_off_the_event_loop(qwen_tokenizer):
+    traj, loop_thread, rendered = _huge_rollout(qwen_tokenizer, max_observation_chars=1000)
+    [(thread, chars)] = rendered
     assert thread is not loop_thread and chars == 1000 + len("\n[cut: 999,000 more characters]")
     assert traj.messages[-2]["content"].endswith("word \n[cut: 999,000 more characters]")
     assert traj.finish_reason == "answer"
+
+
+def test_by_default_an_observation_is_cut_at_8_characters_a_token_of_the_context(qwen_tokenizer):
+    traj, _, [(_, chars)] = _huge_rollout(qwen_tokenizer, max_context_tokens=2000)
+    assert chars == 16_000 + len("\n[cut: 984,000 more characters]")
+    assert traj.finish_reason == "context_budget"  # 16,000 characters of "word " do not fit

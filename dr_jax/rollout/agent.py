@@ -39,9 +39,9 @@ class AgentConfig:
     """Model turns per trajectory (DeepResearcher: 10)."""
     max_context_tokens: int = 32_768
     """Prompt + response tokens; no turn or observation may go past it."""
-    max_observation_chars: int = 262_144
-    """Characters of an observation tokenized; the rest is cut, said in the text. At 8
-    characters a token (twice English's) this much still fills 32,768 tokens."""
+    max_observation_chars: int | None = None
+    """Characters of an observation tokenized, the rest cut (said in the text); None:
+    CHARS_PER_TOKEN x max_context_tokens, which fills the context even at that rate."""
     sampling: SamplingParams = field(default_factory=SamplingParams)
     """Per-turn sampling; the end-of-turn id is always added to its stop ids."""
     max_concurrent: int = 1024
@@ -56,12 +56,17 @@ class AgentConfig:
             raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
         if self.max_context_tokens < 2:
             raise ValueError(f"max_context_tokens must be >= 2, got {self.max_context_tokens}")
-        if self.max_observation_chars < 1:
+        if self.max_observation_chars is not None and self.max_observation_chars < 1:
             raise ValueError(
                 f"max_observation_chars must be >= 1, got {self.max_observation_chars}"
             )
         if self.max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
+
+
+CHARS_PER_TOKEN = 8
+"""Twice English text's characters per token: an observation this long, for the whole
+context, would not fit it, so the tokenizer never needs to see more."""
 
 
 def cut_observation(observation: str, max_chars: int) -> str:
@@ -114,6 +119,9 @@ class Agent:
                 "AgentConfig.end_of_turn to the chat template's end-of-turn token"
             )
         self._end_id: int = end_id
+        self._max_observation_chars = self.config.max_observation_chars or (
+            CHARS_PER_TOKEN * self.config.max_context_tokens
+        )
         stops = (end_id, *self.config.sampling.stop_token_ids)
         self._sampling = dataclasses.replace(
             self.config.sampling, stop_token_ids=tuple(dict.fromkeys(stops))
@@ -209,7 +217,7 @@ class Agent:
             # A turn cut by a stop string or max_new_tokens lacks the end-of-turn token the
             # template puts before the tool turn: it is added, unsampled (mask 0).
             closing = [] if result.token_ids[-1:] == [self._end_id] else [self._end_id]
-            observation = cut_observation(observation, cfg.max_observation_chars)
+            observation = cut_observation(observation, self._max_observation_chars)
             # Tokenizing a long page takes milliseconds: not on the loop every trajectory shares.
             obs_ids = closing + await asyncio.to_thread(
                 self.template.observation_ids, self.tokenizer, observation
