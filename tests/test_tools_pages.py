@@ -200,3 +200,15 @@ def test_extraction_in_a_thread_is_given_up_after_the_timeout(site):
 
     (page,) = asyncio.run(scenario())
     assert page["error"].endswith("pcgamer.com.skyrim.html took longer than 0.02 s")
+
+
+def test_workers_run_nicer_than_the_event_loop():
+    async def scenario():
+        extractor = workers.Extractor(1)
+        await extractor.start()
+        (worker,) = extractor._workers
+        niceness = os.getpriority(os.PRIO_PROCESS, worker.process.pid)
+        await extractor.close()
+        return niceness
+
+    assert asyncio.run(scenario()) == os.getpriority(os.PRIO_PROCESS, 0) + workers.NICENESS
