@@ -21,7 +21,7 @@ from dr_jax.tools.errors import ToolError
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT; cloud metadata lives here
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT; Alibaba metadata: .100.200
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _SPECIAL = (
     ("is_loopback", "a loopback"),
