@@ -21,7 +21,8 @@ from dr_jax.tools.errors import ToolError
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT; Alibaba metadata: .100.200
+# Carrier-grade NAT, and Alibaba Cloud's metadata service (100.100.100.200).
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _SPECIAL = (
     ("is_loopback", "a loopback"),
