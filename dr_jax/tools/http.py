@@ -100,7 +100,8 @@ class Response:
         return json.loads(self.body)
 
     async def read(self) -> bytes:
-        self.body = b"".join([chunk async for chunk in self])
+        with _errors(f"reading {self._what}"):
+            self.body = await self._response.read()
         return self.body
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
