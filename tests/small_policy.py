@@ -9,22 +9,20 @@ minutes instead of three.
 """
 
 import asyncio
-import dataclasses
 import html
 import re
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from dr_jax.models import ModelConfig, init_policy, save_pretrained
 from dr_jax.models.tokenizer import QWEN2_5_CHAT_TEMPLATE, qwen2_tokenizer
-from dr_jax.tools import ToolExecutor
+from dr_jax.runtime import start_world_tools
 from dr_jax.train.config import TrainConfig
 from dr_jax.train.run import world_questions
 from dr_jax.train.sft import solve_questions
-from dr_jax.world import World, WorldServer
+from dr_jax.world import World
 
 TAGS = ["<think>", "</think>", "<answer>", "</answer>", "<tool_call>", "</tool_call>",
         "<tool_response>", "</tool_response>"]  # fmt: skip
@@ -37,19 +35,14 @@ def world_texts(world: World, config: TrainConfig) -> list[str]:
     questions, rendered as the run renders them (prompt, turns, observations)."""
     texts = [_MARKUP.sub(" ", html.unescape(page)) for page in world.pages.values()]
     questions = world_questions(world, "train", config.data.data_sources or None)
-    server = WorldServer(world).start()
 
     async def solve():
-        tools = dataclasses.replace(config.tools, search_url=server.url,
-                                    allow_hosts=(urlsplit(server.url).netloc,))  # fmt: skip
-        async with ToolExecutor(tools) as executor:
-            return await solve_questions(questions, executor, server.url, config.max_turns,
-                                         trust_snippets=config.sft.trust_snippets)  # fmt: skip
+        async with start_world_tools(config.tools, world) as tools:
+            url, trust = tools.config.search_url, config.sft.trust_snippets
+            return await solve_questions(questions, tools, url, config.max_turns,
+                                         trust_snippets=trust)  # fmt: skip
 
-    try:
-        demos = asyncio.run(solve())
-    finally:
-        server.stop()
+    demos = asyncio.run(solve())
     qwen, template = qwen2_tokenizer(), config.prompt.template()
     for demo in demos:
         texts.append(qwen.decode(template.prompt_ids(qwen, demo.question.question, today=None)))
