@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from report import print_summary, print_table
 
+from dr_jax.cli import skip_absent_tpu
 from dr_jax.models import init_policy
 from dr_jax.models.flops import training_flops_per_token
 from dr_jax.models.hf_io import read_config
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="chip's bf16 peak")
     parser.add_argument("--config", default=CONFIG, help="a model directory's config.json")
     args = parser.parse_args()
+    skip_absent_tpu()  # libtpu installed, no TPU: the CPU, quietly
 
     device = jax.devices()[0]
     peak = peak_flops(device.device_kind, args.peak_tflops)

@@ -32,6 +32,7 @@ from report import (
     smollm2_135m,
 )
 
+from dr_jax.cli import skip_absent_tpu
 from dr_jax.models import ModelConfig, init_policy, save_pretrained
 from dr_jax.models.flops import training_flops_per_token
 
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=("smollm2", "tiny"), default="smollm2")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
     args = parser.parse_args()
+    skip_absent_tpu()  # libtpu installed, no TPU: the CPU, quietly
     config = smollm2_135m() if args.shape == "smollm2" else TINY
     policy = init_policy(config)
     tokens, mask = batch(config)

@@ -39,6 +39,7 @@ from report import (
 )
 from transformers import AutoModelForCausalLM
 
+from dr_jax.cli import skip_absent_tpu
 from dr_jax.models import ModelConfig, init_policy, save_pretrained
 from dr_jax.models.tokenizer import qwen2_tokenizer
 from dr_jax.rollout import Agent, AgentConfig, JaxSampler, SampleResult, SamplingParams
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--group", type=int, default=16, help="samples per question")
     args = parser.parse_args()
+    skip_absent_tpu()  # libtpu installed, no TPU: the CPU, quietly
 
     config = smollm2_135m() if args.shape == "smollm2" else ModelConfig.tiny()
     policy = init_policy(config, seed=0)

@@ -23,6 +23,7 @@ import torch
 import transformers
 from report import print_summary
 
+from dr_jax.cli import skip_absent_tpu
 from dr_jax.models import ModelConfig, init_policy, save_pretrained
 from dr_jax.train import Learner, LossConfig, OptimConfig, TrainBatch
 
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed updates per side")
     parser.add_argument("--chunk", type=int, default=32, help="dr_jax log-prob chunk length")
     args = parser.parse_args()
+    skip_absent_tpu()  # libtpu installed, no TPU: the CPU, quietly
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 

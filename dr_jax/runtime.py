@@ -4,9 +4,10 @@ Each turns one config piece from `dr_jax.config` (or `ToolsConfig`) into a live 
 `launch/train.py` and `launch/eval.py` assemble a run the same way.
 """
 
+import gc
 import warnings
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from urllib.parse import urlsplit
 
 import jax
@@ -22,6 +23,24 @@ from dr_jax.tools import ToolExecutor, ToolsConfig
 from dr_jax.world import World, WorldServer
 
 LOOPBACK = "127.0.0.1"
+
+
+@contextmanager
+def settled_heap() -> Iterator[None]:
+    """Collect once, then leave every object alive now out of collections until the block ends
+    (`gc.freeze`, undone by `gc.unfreeze` so a later collection may free them again).
+
+    Start-up leaves millions of long-lived objects (modules, tokenizer, model, world), and a
+    full collection walks them all while the event loop that drives every rollout and tool call
+    waits. Measured on benchmarks/tools.py's 71k-object heap alone: one 49 ms pause in a 1.8 s
+    run of 1,000 tool calls. Enter it once the run is assembled, around the work.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def build_policy(config: PolicyConfig, mesh: object = None) -> Policy:

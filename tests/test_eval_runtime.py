@@ -1,6 +1,7 @@
 """The launch builders: checkpoints, the world's tools, and evaluation over an SGLang server."""
 
 import asyncio
+import gc
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ from sglang_standin import StandIn
 from dr_jax.config import PolicyConfig, SamplerConfig, SGLangConfig
 from dr_jax.eval import EvalConfig, evaluate
 from dr_jax.models import ModelConfig, init_policy, save_pretrained
-from dr_jax.runtime import build_policy, build_tokenizer, start_world_tools
+from dr_jax.runtime import build_policy, build_tokenizer, settled_heap, start_world_tools
 from dr_jax.tools import ToolsConfig, ToolSession
 from dr_jax.tools.calls import ToolCall
 from dr_jax.world import World
@@ -51,6 +52,15 @@ def test_the_world_backend_serves_the_world_on_loopback_for_the_tools():
     url, observation = asyncio.run(search())
     assert url.startswith("http://127.0.0.1:")
     assert f"{url}{page.path}" in observation
+
+
+def test_a_settled_heap_is_left_out_of_collections_until_the_block_ends():
+    with settled_heap():
+        frozen = gc.get_freeze_count()
+    assert frozen > 1000 and gc.get_freeze_count() == 0, "frozen in the block, given back after"
+    with pytest.raises(KeyError), settled_heap():
+        raise KeyError
+    assert gc.get_freeze_count() == 0, "given back when the block ends in an error too"
 
 
 def test_evaluation_over_an_sglang_server_sends_the_agent_prompts(qwen_tokenizer, tmp_path):

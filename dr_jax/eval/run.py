@@ -40,6 +40,7 @@ from dr_jax.runtime import (
     build_sampler,
     build_tokenizer,
     sampling_params,
+    settled_heap,
     start_world_tools,
 )
 from dr_jax.tools import ToolsConfig
@@ -259,6 +260,7 @@ async def _run(
             today=config.today,
         )
         agent = Agent(sampler, tokenizer, tools, config=agent_config, template=template)
+        stack.enter_context(settled_heap())
         progress = Progress(len(todo), "evaluation")
         stack.callback(progress.close)
         f1_sum = sum(done[e.id]["f1"] for e in examples if e.id in done)

@@ -30,6 +30,7 @@ from dr_jax.runtime import (
     build_sampler,
     build_tokenizer,
     sampling_params,
+    settled_heap,
     start_world_tools,
 )
 from dr_jax.sharding import make_mesh, maybe_initialize_distributed
@@ -288,7 +289,8 @@ async def train(config: TrainConfig) -> dict[str, Any]:
             before_rollout=_health_wait(sampler),
         )
         try:
-            await loop.run(state, start)
+            with settled_heap():
+                await loop.run(state, start)
         finally:
             checkpointer.wait()
             checkpointer.close()
