@@ -27,6 +27,7 @@ from report import (
     fastest_reference,
     load_average,
     matmul_roofline,
+    mlp_roofline,
     paired_by_threads,
     print_summary,
     smollm2_135m,
@@ -141,6 +142,7 @@ def main() -> None:
         t_ours, t_ref = timed[fastest_reference(timed)]
         rows.append((name, count / t_ours, count / t_ref))
     roof = matmul_roofline(count, config.hidden_size, config.intermediate_size)
+    mlp = mlp_roofline(count, config.hidden_size, config.intermediate_size)
     best = max(roof.values())
     flops = training_flops_per_token(config, LENGTH)
     print(f"{'pass':<18}{'dr_jax tok/s':>14}{'torch tok/s':>14}{'ratio':>8}{'roofline':>10}")
@@ -152,6 +154,10 @@ def main() -> None:
         f"matmul roofline [{count}x{config.hidden_size}]x[{config.hidden_size}x"
         f"{config.intermediate_size}]: jax {roof['jax']:.0f}, torch {roof['torch']:.0f} GFLOP/s; "
         f"training FLOPs/token {flops / 1e6:.0f} M -> limit {best * 1e9 / flops:.0f} tokens/s"
+    )
+    print(
+        f"4 SwiGLU MLPs of this shape, forward+backward alone: jax {mlp['jax']:.0f}, torch "
+        f"{mlp['torch']:.0f} GFLOP/s"
     )
     print(
         f"dr_jax fwd+bwd {ours_tps * flops / 1e9:.1f} GFLOP/s, torch {ref_tps * flops / 1e9:.1f}; "

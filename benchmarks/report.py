@@ -72,6 +72,38 @@ def matmul_roofline(m: int, k: int, n: int, repeats: int = 7) -> dict[str, float
     return {name: 2 * m * k * n / median_seconds(run, repeats) / 1e9 for name, run in runs.items()}
 
 
+def mlp_roofline(m: int, d: int, f: int, layers: int = 4, repeats: int = 7) -> dict[str, float]:
+    """GFLOP/s of forward + backward (weight and input gradients) through `layers` residual
+    SwiGLU MLPs on [m, d] inputs (width f), in JAX and in torch (median of `repeats`): matmuls
+    alone at the model's shape, without attention or the LM head, so what each library's
+    kernels reach on training's bulk of FLOPs."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((m, d), np.float32)
+    w = [rng.standard_normal(shape, np.float32) * 0.02 for shape in [(d, f), (d, f), (f, d)]]
+
+    def loss(weights, h, silu, mean):
+        for gate, up, down in [weights] * layers:
+            h = h + (silu(h @ gate) * (h @ up)) @ down
+        return mean(h * h)
+
+    grad = jax.jit(jax.grad(lambda ws, h: loss(ws, h, jax.nn.silu, jnp.mean), argnums=(0, 1)))
+    jw, jx = [jnp.asarray(a) for a in w], jnp.asarray(x)
+    tw = [torch.from_numpy(a).requires_grad_() for a in w]
+    tx = torch.from_numpy(x).requires_grad_()
+
+    def torch_step():
+        loss(tw, tx, torch.nn.functional.silu, torch.mean).backward()
+
+    runs = {"jax": lambda: jax.block_until_ready(grad(jw, jx)), "torch": torch_step}
+    flops = 3 * layers * 3 * 2 * m * d * f  # three matmuls a layer, forward and two gradients
+    return {name: flops / median_seconds(run, repeats) / 1e9 for name, run in runs.items()}
+
+
 def median_seconds(step, repeats: int) -> float:
     """Median wall time of `step()` over `repeats` runs, after one warm-up run."""
     step()

@@ -68,6 +68,16 @@ def test_oracle_replayed_through_the_pipeline_scores_f1_one(world, tmp_path):
     assert page.count('<details class="obs">') == sum(r["tool_calls"] for r in records)
 
 
+def test_observations_are_cut_at_the_configured_length(world, tmp_path):
+    asyncio.run(evaluate(oracle_config(tmp_path, limit=3, max_observation_chars=200), world))
+    observations = [m["content"] for r in samples(tmp_path) for m in r["messages"]
+                    if m["role"] == "tool"]  # fmt: skip
+    assert observations and all("\n[cut: " in text for text in observations)
+    assert all(len(text.split("\n[cut: ")[0]) == 200 for text in observations)
+    with pytest.raises(ValueError, match="--max-observation-chars must be >= 1"):
+        oracle_config(tmp_path, max_observation_chars=0)
+
+
 def test_our_samples_rescore_identically_with_the_score_command(world, tmp_path):
     """samples.jsonl is itself a rollout file: one scorer for our runs and DeepResearcher's."""
     asyncio.run(evaluate(oracle_config(tmp_path / "run", limit=4), world))

@@ -7,6 +7,7 @@ import pytest
 
 from dr_jax.config import TINY
 from dr_jax.train.config import SMOLLM2
+from dr_jax.train.run import build_agents
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,3 +75,12 @@ def test_a_bad_sglang_flag_is_refused_naming_it(launcher, flags, says, capsys):
     with pytest.raises((ValueError, SystemExit)) as error:
         launcher.parse(["--preset", "smoke", *flags])
     assert says in str(error.value) + capsys.readouterr().err
+
+
+def test_the_observation_cut_is_a_flag_that_reaches_both_agents(launcher, qwen_tokenizer, capsys):
+    config, _ = launcher.parse(["--preset", "smoke", "--max-observation-chars", "500"])
+    agents = build_agents(config, sampler=None, tokenizer=qwen_tokenizer, tools=None)
+    assert [agent.config.max_observation_chars for agent in agents] == [500, 500]
+    with pytest.raises((ValueError, SystemExit)) as error:
+        launcher.parse(["--preset", "smoke", "--max-observation-chars", "0"])
+    assert "--max-observation-chars must be >= 1" in str(error.value) + capsys.readouterr().err

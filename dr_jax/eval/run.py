@@ -75,6 +75,9 @@ class EvalConfig:
     """Model turns per question (DeepResearcher: 10)."""
     max_context_tokens: int = 32_768
     """Prompt + all turns + observations, per question."""
+    max_observation_chars: int | None = None
+    """Characters of a tool observation kept, the rest cut (the cut is said in the text) before
+    it is tokenised; default: 4 per token of the context, which fills it even at that rate."""
     seed: int = 0
     """Sampling seed (ignored when greedy)."""
     world_seed: int = 0
@@ -91,6 +94,10 @@ class EvalConfig:
             raise ValueError(f"--limit must be >= 1, got {self.limit}.")
         if self.concurrency < 1:
             raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}.")
+        if self.max_observation_chars is not None and self.max_observation_chars < 1:
+            raise ValueError(
+                f"--max-observation-chars must be >= 1, got {self.max_observation_chars}."
+            )
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change when a run is resumed (selection and batching may)."""
@@ -256,6 +263,7 @@ async def _run(
         agent_config = AgentConfig(
             max_turns=config.max_turns,
             max_context_tokens=context,
+            max_observation_chars=config.max_observation_chars,
             sampling=sampling_params(config.sampler),
             today=config.today,
         )

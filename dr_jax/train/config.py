@@ -200,6 +200,9 @@ class TrainConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     max_turns: int = 4
     """Model turns per trajectory (DeepResearcher: 10)."""
+    max_observation_chars: int | None = None
+    """Characters of a tool observation kept, the rest cut (the cut is said in the text) before
+    it is tokenised; default: 4 per token of the context, which fills it even at that rate."""
     weights_dir: str = ""
     """SGLang weight sync: where HF safetensors are written each step (default <run_dir>/weights;
     /dev/shm is fastest). Must be readable by the server."""
@@ -207,6 +210,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_turns < 1:
             raise ValueError(f"--max-turns must be >= 1, got {self.max_turns}.")
+        if self.max_observation_chars is not None and self.max_observation_chars < 1:
+            raise ValueError(
+                f"--max-observation-chars must be >= 1, got {self.max_observation_chars}."
+            )
         sampled_at = self.sampler.temperature
         if sampled_at and abs(self.loss.temperature - sampled_at) > 1e-6:
             raise ValueError(

@@ -185,6 +185,7 @@ def build_agents(config: TrainConfig, sampler: Any, tokenizer: Any, tools: Any) 
     agent_config = AgentConfig(
         max_turns=config.max_turns,
         max_context_tokens=config.sampler.max_seq_len,
+        max_observation_chars=config.max_observation_chars,
         sampling=sampling,
         today=TODAY,
     )
