@@ -1,7 +1,8 @@
 """Builders shared by the launchers: policy, tokenizer, sampler, and tools (with the world).
 
 Each turns one config piece from `dr_jax.config` (or `ToolsConfig`) into a live object, so
-`launch/train.py` and `launch/eval.py` assemble a run the same way.
+`launch/train.py` and `launch/eval.py` assemble a run the same way; `settled_heap` is the
+state both then run in.
 """
 
 import gc
