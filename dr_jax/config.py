@@ -129,9 +129,11 @@ class SamplerConfig:
 
 
 def at_least(config: object, group: str, **minimums: float) -> None:
-    """Refuse a field below its minimum, naming the flag (--group.field-name) and the bound."""
+    """Refuse a field below its minimum, naming the flag (--group.field-name, or --field-name
+    for a top-level field: group "") and the bound; an optional field left at None passes."""
     for name, minimum in minimums.items():
         value = getattr(config, name)
-        if value < minimum:
-            flag = f"--{group}.{name.replace('_', '-')}"
+        if value is not None and value < minimum:
+            field_flag = name.replace("_", "-")
+            flag = f"--{group}.{field_flag}" if group else f"--{field_flag}"
             raise ValueError(f"{flag} must be >= {minimum}, got {value}.")

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dr_jax.config import PolicyConfig, SamplerConfig
+from dr_jax.config import PolicyConfig, SamplerConfig, at_least
 from dr_jax.data import QAExample, examples_from_questions, load_dataset
 from dr_jax.eval.oracle import WORLD, OracleSampler
 from dr_jax.eval.records import (
@@ -90,14 +90,7 @@ class EvalConfig:
     """Replay the world oracle's turns instead of sampling the policy (a pipeline check)."""
 
     def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {self.limit}.")
-        if self.concurrency < 1:
-            raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}.")
-        if self.max_observation_chars is not None and self.max_observation_chars < 1:
-            raise ValueError(
-                f"--max-observation-chars must be >= 1, got {self.max_observation_chars}."
-            )
+        at_least(self, "", limit=1, concurrency=1, max_observation_chars=1)
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change when a run is resumed (selection and batching may)."""

@@ -208,12 +208,7 @@ class TrainConfig:
     /dev/shm is fastest). Must be readable by the server."""
 
     def __post_init__(self) -> None:
-        if self.max_turns < 1:
-            raise ValueError(f"--max-turns must be >= 1, got {self.max_turns}.")
-        if self.max_observation_chars is not None and self.max_observation_chars < 1:
-            raise ValueError(
-                f"--max-observation-chars must be >= 1, got {self.max_observation_chars}."
-            )
+        at_least(self, "", max_turns=1, max_observation_chars=1)
         sampled_at = self.sampler.temperature
         if sampled_at and abs(self.loss.temperature - sampled_at) > 1e-6:
             raise ValueError(
