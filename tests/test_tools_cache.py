@@ -16,6 +16,8 @@ from loopback import LoopbackServer, Reply, Request
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession, ToolsSetupError
 from dr_jax.tools.cache import MemoryCache, open_cache
 from dr_jax.tools.calls import ToolCall
+from dr_jax.tools.dispatch import Dispatcher
+from dr_jax.tools.metrics import ToolMetrics
 
 PAGE = (
     b"<html><head><title>Owls</title></head><body><article>"
@@ -188,6 +190,64 @@ def test_identical_concurrent_requests_are_made_once(web, cache_url):
     texts, metrics = asyncio.run(scenario())
     assert len(set(texts)) == 1
     assert metrics["requests"] == 1 and metrics["deduplicated"] == 19
+
+
+def test_a_request_whose_maker_gives_up_is_made_again_by_one_of_those_waiting():
+    """The first caller makes the request on its own schedule; when its deadline cancels it,
+    one of the callers waiting makes it anew and the others wait for that one."""
+
+    async def scenario():
+        dispatcher = Dispatcher(ToolsConfig(), ToolMetrics())
+        made = []
+
+        async def produce() -> str:
+            made.append(len(made))
+            await asyncio.sleep(0.2)
+            return f"made by request {len(made)}"
+
+        async def gives_up() -> str:
+            async with asyncio.timeout(0.05):
+                return await dispatcher.once("page", "u", 60.0, produce)
+
+        first = asyncio.create_task(gives_up())
+        await asyncio.sleep(0)  # the first caller's request is in flight
+        waiting = [
+            asyncio.create_task(dispatcher.once("page", "u", 60.0, produce)) for _ in range(3)
+        ]
+        with pytest.raises(TimeoutError):
+            await first
+        return await asyncio.gather(*waiting), made, dispatcher
+
+    values, made, dispatcher = asyncio.run(scenario())
+    assert values == ["made by request 2"] * 3 and made == [0, 1]
+    assert not dispatcher._inflight
+
+
+def test_a_waiting_caller_that_gives_up_leaves_the_request_to_the_others():
+    async def scenario():
+        dispatcher = Dispatcher(ToolsConfig(), ToolMetrics())
+        made = []
+
+        async def produce() -> str:
+            made.append(1)
+            await asyncio.sleep(0.2)
+            return "value"
+
+        async def gives_up() -> str:
+            async with asyncio.timeout(0.05):
+                return await dispatcher.once("page", "u", 60.0, produce)
+
+        maker = asyncio.create_task(dispatcher.once("page", "u", 60.0, produce))
+        await asyncio.sleep(0)
+        impatient, patient = (
+            asyncio.create_task(gives_up()),
+            dispatcher.once("page", "u", 60.0, produce),
+        )
+        with pytest.raises(TimeoutError):
+            await impatient
+        return await asyncio.gather(maker, patient), made
+
+    assert asyncio.run(scenario()) == (["value", "value"], [1])
 
 
 def test_replay_serves_the_cache_with_the_network_off(web, cache_url):

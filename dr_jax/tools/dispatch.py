@@ -24,6 +24,10 @@ from dr_jax.tools.urlsafety import Guard
 T = TypeVar("T")
 
 
+class _Abandoned(Exception):
+    """Raised to the callers waiting on a request whose maker was cancelled."""
+
+
 class Dispatcher:
     """Cache, de-duplication, concurrency limits and retries for the tools' requests."""
 
@@ -32,7 +36,7 @@ class Dispatcher:
         self._metrics = metrics
         self._rng = random.Random()
         self._memory = MemoryCache(config.memory_cache_chars)
-        self._inflight: dict[tuple[str, str], asyncio.Task] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[str]] = {}
         # Weak: a host's semaphore lives while someone holds or awaits it, then goes away.
         self._host_limits: weakref.WeakValueDictionary[str, asyncio.Semaphore] = (
             weakref.WeakValueDictionary()
@@ -54,10 +58,6 @@ class Dispatcher:
             self._cache = await open_cache(cfg.cache_url, replay=cfg.replay)
 
     async def close(self) -> None:
-        pending = list(self._inflight.values())
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
         for client in (self.http, self.pages):
             if client is not None:
                 await client.aclose()
@@ -70,7 +70,12 @@ class Dispatcher:
         self, kind: str, key: str, ttl: float, produce: Callable[[], Awaitable[str]]
     ) -> str:
         """Memory, then the persistent cache, then an identical request already in flight,
-        then `produce` (made once). Replay ignores TTLs and never produces."""
+        then `produce` (made once). Replay ignores TTLs and never produces.
+
+        The first caller makes the request itself, not in a task of its own: under a burst of
+        calls every extra task and callback is one more turn of the event loop between a
+        response and the next request. Callers asking meanwhile wait for its result; if it
+        gives up (cancelled at its deadline), they make the request again themselves."""
         ttl_or_none = None if self.config.replay else ttl
         value = self._memory.get(kind, key, ttl_or_none)
         if value is None and self._cache is not None:
@@ -84,24 +89,34 @@ class Dispatcher:
         self._metrics.counts["cache_misses"] += 1
         if self.config.replay:
             raise ToolError("replay_miss", "not in the cache (replay mode: the network is off)")
-        task = self._inflight.get((kind, key))
-        if task is not None:
+        if (kind, key) in self._inflight:
             self._metrics.counts["deduplicated"] += 1
-        else:
-            task = asyncio.create_task(self._produce_and_store(kind, key, ttl, produce))
-            self._inflight[(kind, key)] = task
-            task.add_done_callback(lambda _: self._inflight.pop((kind, key), None))
-        # shield: one caller giving up (its own deadline) must not cancel the shared request.
-        return await asyncio.shield(task)
+        while (pending := self._inflight.get((kind, key))) is not None:
+            try:
+                # shield: this caller giving up must not cancel the result the others await.
+                return await asyncio.shield(pending)
+            except _Abandoned:
+                continue  # its maker gave up: the first of us to get here makes it anew
+        return await self._produce_and_store(kind, key, ttl, produce)
 
     async def _produce_and_store(
         self, kind: str, key: str, ttl: float, produce: Callable[[], Awaitable[str]]
     ) -> str:
-        value = await produce()
-        self._memory.put(kind, key, value)
-        if self._cache is not None:
-            await self._cache.put(kind, key, value, ttl)
-        return value
+        pending = self._inflight[(kind, key)] = asyncio.get_running_loop().create_future()
+        try:
+            value = await produce()
+            self._memory.put(kind, key, value)
+            if self._cache is not None:
+                await self._cache.put(kind, key, value, ttl)
+        except (Exception, asyncio.CancelledError) as e:
+            pending.set_exception(_Abandoned() if isinstance(e, asyncio.CancelledError) else e)
+            pending.exception()  # marked as retrieved: nobody may be waiting for it
+            raise
+        else:
+            pending.set_result(value)
+            return value
+        finally:
+            del self._inflight[(kind, key)]
 
     def _host_limit(self, host: str) -> asyncio.Semaphore:
         limit = self._host_limits.get(host)

@@ -20,7 +20,7 @@ from dr_jax.tools.extract import Document, extract_document
 from dr_jax.tools.fetch import Fetched
 
 READY = b"ready\n"
-"""A worker's first line: its imports (about 0.5 s of CPU) are done and it takes pages."""
+"""A worker's first line: its imports (about 0.5 s of CPU) and warm-up are done; it takes pages."""
 STARTUP_S = 60.0
 """A worker not ready after this long (a hung import) is killed; pages go to a thread."""
 NICENESS = 5
@@ -31,6 +31,17 @@ HANG_GRACE_S = 1.0
 """A worker that has not answered 2 x the extraction timeout + this after it started a page is
 killed and replaced: its alarm interrupts Python code, not a parser stuck in C."""
 
+
+_WARM_UP = Fetched(
+    "http://warm-up.invalid/",
+    "text/html",
+    None,
+    b"<html><head><title>Warm-up</title></head><body><article>"
+    + b"<p>A paragraph long enough to be kept as the main text of this page.</p>" * 4
+    + b"</article></body></html>",
+)
+"""Extracted before a worker says it is ready: a process's first page costs 4x a later one
+(lazy set-up in lxml and trafilatura), and the first pages of a run come all at once."""
 
 _Reply = tuple[bool, Document | ToolError]
 
@@ -58,7 +69,7 @@ def _alarm(signum: int, frame: object) -> None:
 
 
 def serve_stdio() -> None:
-    """Worker loop, at NICENESS: "ready" once the imports are done, then 8-byte length + pickle of
+    """Worker loop, at NICENESS: "ready" once it is warmed up, then 8-byte length + pickle of
     (Fetched, text_format, seconds) in on stdin, the same framing of `_extract_reply` out on
     stdout, in request order. A page that takes longer than `seconds` is abandoned by an alarm.
     Pickle is safe here: both ends are ours."""
@@ -68,6 +79,7 @@ def serve_stdio() -> None:
     os.dup2(2, 1)  # stray prints from libraries go to stderr, not into the replies
     signal.signal(signal.SIGALRM, _alarm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; we exit on EOF
+    _extract_reply(_WARM_UP, "markdown")
     replies.write(READY)
     replies.flush()
     while header := requests.read(8):
