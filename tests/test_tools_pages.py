@@ -11,6 +11,7 @@ from loopback import LoopbackServer, Reply, Request
 
 from dr_jax.tools import ToolExecutor, ToolsConfig, ToolSession, workers
 from dr_jax.tools.calls import ToolCall
+from dr_jax.tools.fetch import Fetched
 
 # page file -> (a sentence of the article, navigation/boilerplate text present in the HTML)
 PAGES = {
@@ -212,3 +213,25 @@ def test_workers_run_nicer_than_the_event_loop():
         return niceness
 
     assert asyncio.run(scenario()) == os.getpriority(os.PRIO_PROCESS, 0) + workers.NICENESS
+
+
+def test_workers_run_this_dr_jax_whatever_the_current_directory_holds(tmp_path, monkeypatch):
+    """`python -c` looks in the current directory first: another checkout there must not be what
+    the workers run."""
+    (tmp_path / "dr_jax").mkdir()
+    (tmp_path / "dr_jax" / "__init__.py").write_text("raise ImportError('the wrong dr_jax')\n")
+    monkeypatch.chdir(tmp_path)
+    page = Fetched(
+        "http://x.org/", "text/html", None, b"<html><body><p>" + b"words " * 60 + b"</p>"
+    )
+
+    async def scenario():
+        extractor = workers.Extractor(1)
+        await extractor.start()
+        alive = len(extractor._workers)
+        document = await extractor.extract(page, "markdown")
+        await extractor.close()
+        return alive, document.text
+
+    alive, text = asyncio.run(scenario())
+    assert alive == 1 and text.startswith("words words")

@@ -14,6 +14,7 @@ import signal
 import sys
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 from dr_jax.tools.errors import ToolError
 from dr_jax.tools.extract import Document, extract_document
@@ -42,6 +43,13 @@ _WARM_UP = Fetched(
 )
 """Extracted before a worker says it is ready: a process's first page costs 4x a later one
 (lazy set-up in lxml and trafilatura), and the first pages of a run come all at once."""
+
+_WORKER_MAIN = (
+    f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); "
+    "from dr_jax.tools.workers import serve_stdio; serve_stdio()"
+)
+"""A worker's program: this very dr_jax, not one that `python -c` would find first in the
+current directory (another checkout, say)."""
 
 _Reply = tuple[bool, Document | ToolError]
 
@@ -196,7 +204,7 @@ class Extractor:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
-            "from dr_jax.tools.workers import serve_stdio; serve_stdio()",
+            _WORKER_MAIN,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
