@@ -108,8 +108,8 @@ class Dispatcher:
             self._memory.put(kind, key, value)
             if self._cache is not None:
                 await self._cache.put(kind, key, value, ttl)
-        except (Exception, asyncio.CancelledError) as e:
-            pending.set_exception(_Abandoned() if isinstance(e, asyncio.CancelledError) else e)
+        except BaseException as e:  # cancelled (or interrupted): those waiting make it anew
+            pending.set_exception(e if isinstance(e, Exception) else _Abandoned())
             pending.exception()  # marked as retrieved: nobody may be waiting for it
             raise
         else:
