@@ -144,18 +144,17 @@ async def _concurrency_run(
         window_chars=2000,
         page_budget=1,
     )
-    calls = [
+    tool_calls = [
         ToolCall("web_search", {"query": [f"q{tag}{i}"]})
         if i % 2 == 0
         else ToolCall("browse_webpage", {"url_list": [f"{url}/wiki/page{tag}-{i}.html"]})
         for i in range(calls)
     ]
     async with ToolExecutor(config) as tools:
-
-        async def one(call: ToolCall) -> str:
-            return await tools.execute(call, ToolSession(question="benchmark"))
-
-        work = [functools.partial(one, call) for call in calls]
+        work = [
+            functools.partial(tools.execute, call, ToolSession(question="benchmark"))
+            for call in tool_calls
+        ]
         with settled_heap():  # as the launchers run, once assembled
             children = _children_cpu()
             started, cpu = time.perf_counter(), time.process_time()

@@ -192,62 +192,58 @@ def test_identical_concurrent_requests_are_made_once(web, cache_url):
     assert metrics["requests"] == 1 and metrics["deduplicated"] == 19
 
 
+class _SlowPage:
+    """One page behind a Dispatcher, each request taking 0.2 s; `made` counts the requests."""
+
+    def __init__(self) -> None:
+        self.dispatcher = Dispatcher(ToolsConfig(), ToolMetrics())
+        self.made = 0
+
+    async def _produce(self) -> str:
+        self.made += 1
+        number = self.made
+        await asyncio.sleep(0.2)
+        return f"made by request {number}"
+
+    def ask(self, patience: float | None = None) -> asyncio.Task:
+        """A caller of the page, giving up (TimeoutError) after `patience` seconds."""
+
+        async def caller() -> str:
+            async with asyncio.timeout(patience):
+                return await self.dispatcher.once("page", "u", 60.0, self._produce)
+
+        return asyncio.create_task(caller())
+
+
 def test_a_request_whose_maker_gives_up_is_made_again_by_one_of_those_waiting():
     """The first caller makes the request on its own schedule; when its deadline cancels it,
     one of the callers waiting makes it anew and the others wait for that one."""
 
     async def scenario():
-        dispatcher = Dispatcher(ToolsConfig(), ToolMetrics())
-        made = []
-
-        async def produce() -> str:
-            made.append(len(made))
-            await asyncio.sleep(0.2)
-            return f"made by request {len(made)}"
-
-        async def gives_up() -> str:
-            async with asyncio.timeout(0.05):
-                return await dispatcher.once("page", "u", 60.0, produce)
-
-        first = asyncio.create_task(gives_up())
+        page = _SlowPage()
+        first = page.ask(patience=0.05)
         await asyncio.sleep(0)  # the first caller's request is in flight
-        waiting = [
-            asyncio.create_task(dispatcher.once("page", "u", 60.0, produce)) for _ in range(3)
-        ]
+        waiting = [page.ask() for _ in range(3)]
         with pytest.raises(TimeoutError):
             await first
-        return await asyncio.gather(*waiting), made, dispatcher
+        return await asyncio.gather(*waiting), page
 
-    values, made, dispatcher = asyncio.run(scenario())
-    assert values == ["made by request 2"] * 3 and made == [0, 1]
-    assert not dispatcher._inflight
+    values, page = asyncio.run(scenario())
+    assert values == ["made by request 2"] * 3 and page.made == 2
+    assert not page.dispatcher._inflight
 
 
 def test_a_waiting_caller_that_gives_up_leaves_the_request_to_the_others():
     async def scenario():
-        dispatcher = Dispatcher(ToolsConfig(), ToolMetrics())
-        made = []
-
-        async def produce() -> str:
-            made.append(1)
-            await asyncio.sleep(0.2)
-            return "value"
-
-        async def gives_up() -> str:
-            async with asyncio.timeout(0.05):
-                return await dispatcher.once("page", "u", 60.0, produce)
-
-        maker = asyncio.create_task(dispatcher.once("page", "u", 60.0, produce))
+        page = _SlowPage()
+        maker = page.ask()
         await asyncio.sleep(0)
-        impatient, patient = (
-            asyncio.create_task(gives_up()),
-            dispatcher.once("page", "u", 60.0, produce),
-        )
+        impatient, patient = page.ask(patience=0.05), page.ask()
         with pytest.raises(TimeoutError):
             await impatient
-        return await asyncio.gather(maker, patient), made
+        return await asyncio.gather(maker, patient), page.made
 
-    assert asyncio.run(scenario()) == (["value", "value"], [1])
+    assert asyncio.run(scenario()) == (["made by request 1"] * 2, 1)
 
 
 def test_replay_serves_the_cache_with_the_network_off(web, cache_url):

@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 
 class _Abandoned(Exception):
-    """Raised to the callers waiting on a request whose maker was cancelled."""
+    """Raised to the callers waiting on a request whose maker was cancelled or interrupted."""
 
 
 class Dispatcher:
