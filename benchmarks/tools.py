@@ -8,13 +8,14 @@
    fluid bound of 64 calls per 100 ms, 2.4% lower, is printed beside it, since no call can be
    split); efficiency = ideal time / measured time (target >= 0.9), the median of
    `--repeats` runs (each with its own URLs and a fresh executor), since other jobs on a
-   shared machine can take the CPU away from any one run.
+   shared machine can take the CPU away from any one run. Runs with `fast_extraction=True`
+   alternate with them, to show what that option buys.
    It also reports where the CPU goes: this process (the executor), the extraction workers and
    the server, whose sum on a 2-core machine bounds how close to the ideal a run can come.
 2. Extraction: pages per CPU-second of our extraction (trafilatura + title + windows) against
    calling trafilatura directly on the same real pages, interleaved page by page, best of
-   several rounds (target: our time <= 1.2x theirs); and wall-clock pages/s through the
-   executor's 2 worker processes.
+   several rounds (target: our time <= 1.2x theirs), and of ours with `fast_extraction`; and
+   wall-clock pages/s through the executor's 2 worker processes.
 
     python benchmarks/tools.py [--calls 1000] [--concurrency 64] [--latency 0.1] [--repeats 3]
 """
@@ -129,13 +130,14 @@ async def _in_trajectories(concurrency: int, work: list) -> list:
 
 
 async def _concurrency_run(
-    url: str, calls: int, concurrency: int, extract_workers: int = 2, tag: str = ""
+    url: str, calls: int, concurrency: int, tag: str, extract_workers: int = 2, fast: bool = False
 ) -> tuple[float, float, dict[int, float], dict]:
     """Seconds, executor CPU seconds, CPU seconds of each child process (the workers and the
     server) and metrics of `calls` distinct tool calls (`tag` keeps the URLs of two runs
     distinct, so the second is not served from memory)."""
     config = ToolsConfig(
         extract_workers=extract_workers,
+        fast_extraction=fast,
         search_backend="world",
         search_url=url,
         allow_hosts=(url.split("//")[1],),
@@ -179,21 +181,22 @@ async def _extraction_in_workers(rounds: int, workers: int) -> float:
     best = float("inf")
     for _ in range(rounds):
         started = time.perf_counter()
-        await asyncio.gather(*(extractor.extract(f, "markdown") for f in fetched))
+        await asyncio.gather(*(extractor.extract(f) for f in fetched))
         best = min(best, time.perf_counter() - started)
     await extractor.close()
     return best
 
 
-def _extraction(rounds: int) -> tuple[float, float, int]:
-    """CPU seconds for one pass over the real pages: (ours, trafilatura direct, pages).
+def _extraction(rounds: int) -> tuple[float, float, float, int]:
+    """CPU seconds for one pass over the real pages: (ours, ours with fast_extraction,
+    trafilatura direct, pages).
 
-    Page by page, the two alternate and each keeps its best of `rounds`; CPU time rather
+    Page by page, the three alternate and each keeps its best of `rounds`; CPU time rather
     than wall time, so other jobs on a shared machine do not decide the comparison.
     """
     pages = _pages()
     fetched = [Fetched(f"http://x.org/{i}", "text/html", None, b) for i, b in enumerate(pages)]
-    ours, reference = [float("inf")] * len(pages), [float("inf")] * len(pages)
+    ours, fast, reference = ([float("inf")] * len(pages) for _ in range(3))
     for _ in range(rounds):
         for i, (page, fetch) in enumerate(zip(pages, fetched, strict=True)):
             started = time.process_time()
@@ -201,10 +204,11 @@ def _extraction(rounds: int) -> tuple[float, float, int]:
                 page, output_format="markdown", include_comments=False, include_tables=True
             )
             reference[i] = min(reference[i], time.process_time() - started)
-            started = time.process_time()
-            split_windows(extract_document(fetch, "markdown").text, 40_960)
-            ours[i] = min(ours[i], time.process_time() - started)
-    return sum(ours), sum(reference), len(pages)
+            for best, skim in ((ours, False), (fast, True)):
+                started = time.process_time()
+                split_windows(extract_document(fetch, "markdown", fast=skim).text, 40_960)
+                best[i] = min(best[i], time.process_time() - started)
+    return sum(ours), sum(fast), sum(reference), len(pages)
 
 
 def main() -> None:
@@ -225,23 +229,23 @@ def main() -> None:
     try:
         load = os.getloadavg()[0]
         plain = asyncio.run(_plain_httpx_run(url, args.calls, args.concurrency))
-        runs = sorted(
-            (
-                asyncio.run(_concurrency_run(url, args.calls, args.concurrency, tag=f"r{i}"))
-                for i in range(args.repeats)
-            ),
-            key=lambda run: run[0],
-        )
+        runs, fast_runs = [], []
+        for i in range(args.repeats):
+            for done, fast in ((runs, False), (fast_runs, True)):
+                run = _concurrency_run(url, args.calls, args.concurrency, f"r{i}{fast}", fast=fast)
+                done.append(asyncio.run(run))
+        runs.sort(key=lambda run: run[0])
         measured, cpu, children, metrics = runs[len(runs) // 2]
+        fast_measured = sorted(run[0] for run in fast_runs)[len(fast_runs) // 2]
         in_thread, _, _, _ = asyncio.run(
-            _concurrency_run(url, args.calls, args.concurrency, extract_workers=0, tag="t")
+            _concurrency_run(url, args.calls, args.concurrency, "t", extract_workers=0)
         )
     finally:
         parent.send("stop")
         server.join(timeout=10)
     ideal = math.ceil(args.calls / args.concurrency) * args.latency  # whole waves
     fluid = args.calls * args.latency / args.concurrency
-    ours_ex, ref_ex, n_pages = _extraction(args.extraction_rounds)
+    ours_ex, fast_ex, ref_ex, n_pages = _extraction(args.extraction_rounds)
     pooled = asyncio.run(_extraction_in_workers(args.extraction_rounds, workers=2))
 
     latency = metrics["latency_s"]
@@ -259,6 +263,10 @@ def main() -> None:
         ("efficiency (ideal/measured)", f"{ideal / measured:.3f}   (target >= 0.9)"),
         ("efficiency of each run", ", ".join(f"{ideal / run[0]:.3f}" for run in runs)),
         ("same against the fluid bound", f"{fluid / measured:.3f}   ({fluid:.3f} s)"),
+        (
+            "same, fast_extraction, median run",
+            f"{fast_measured:.3f} s (eff. {ideal / fast_measured:.3f})",
+        ),
         ("same, extraction in a thread", f"{in_thread:.3f} s (eff. {ideal / in_thread:.3f})"),
         ("one plain httpx client, same requests", f"{plain:.3f} s (eff. {ideal / plain:.3f})"),
         ("executor CPU per call", f"{cpu / args.calls * 1e3:.2f} ms ({cpu / measured:.0%} core)"),
@@ -271,6 +279,10 @@ def main() -> None:
         ("extraction, ours", f"{n_pages / ours_ex:.1f} pages per CPU-second"),
         ("extraction, trafilatura direct", f"{n_pages / ref_ex:.1f} pages per CPU-second"),
         ("extraction overhead (ours/direct time)", f"{ours_ex / ref_ex:.3f}x   (target <= 1.2x)"),
+        (
+            "extraction, ours with fast_extraction",
+            f"{n_pages / fast_ex:.1f} pages per CPU-second ({fast_ex / ours_ex:.2f}x the CPU)",
+        ),
         ("extraction, ours in 2 worker processes", f"{n_pages / pooled:.1f} pages/s (wall)"),
     ]
     print_table(rows)
@@ -296,6 +308,10 @@ def main() -> None:
             "ratio": round(ref_ex / ours_ex, 4),
             "unit": "pages per CPU-second",
             "higher_is_better": True,
+        },
+        fast_extraction={
+            "efficiency": round(ideal / fast_measured, 3),
+            "pages_per_cpu_second": round(n_pages / fast_ex, 2),
         },
     )
 

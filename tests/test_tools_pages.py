@@ -65,10 +65,18 @@ PAGES = {
     ),
 }
 
+_SENTENCES = " ".join(f"Sentence {i} tells of the river delta and its trade." for i in range(12))
+NAVIGATION_PAGE = (
+    "<html><body><div class='nav'><a href='/'>Home</a> <a href='/a'>About</a></div>"
+    f"<div>{_SENTENCES}</div><div>{_SENTENCES}</div></body></html>"
+).encode()
+"""A page whose links only trafilatura's fallback comparison (skipped by fast extraction) drops."""
+
 
 @pytest.fixture(scope="module")
 def site(data_dir):
     pages = {f"/{name}": (data_dir / "pages" / name).read_bytes() for name in PAGES}
+    pages["/navigation.html"] = NAVIGATION_PAGE
 
     async def handle(request: Request) -> Reply:
         if request.path == "/notes.txt":
@@ -108,6 +116,23 @@ def test_worker_processes_extract_exactly_what_the_inline_extractor_does(site):
     inline = _browse(site, names, extract_workers=0)
     assert in_pool == inline
     assert all("error" not in page for page in in_pool)
+
+
+def test_fast_extraction_skips_the_fallback_comparison_in_workers_and_in_threads(site):
+    for extract_workers in (0, 1):
+        (full,) = _browse(site, ["navigation.html"], extract_workers=extract_workers)
+        (fast,) = _browse(
+            site, ["navigation.html"], extract_workers=extract_workers, fast_extraction=True
+        )
+        assert full["pages"][0].startswith("Sentence 0 tells")
+        assert fast["pages"][0].startswith("Home\nAbout\nSentence 0 tells")
+
+
+def test_fast_extraction_reads_the_real_pages_as_the_full_cascade_does(site):
+    names = sorted(PAGES)
+    assert _browse(site, names, extract_workers=0, fast_extraction=True) == _browse(
+        site, names, extract_workers=0
+    )
 
 
 def test_a_dead_extraction_worker_is_replaced_and_pages_keep_coming(site):
@@ -229,7 +254,7 @@ def test_workers_run_this_dr_jax_whatever_the_current_directory_holds(tmp_path, 
         extractor = workers.Extractor(1)
         await extractor.start()
         alive = len(extractor._workers)
-        document = await extractor.extract(page, "markdown")
+        document = await extractor.extract(page)
         await extractor.close()
         return alive, document.text
 

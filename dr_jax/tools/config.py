@@ -67,6 +67,10 @@ class ToolsConfig:
     """Characters per window; windows are cut on whitespace (DeepResearcher: 40,960)."""
     text_format: Literal["markdown", "text"] = "markdown"
     """How extracted HTML is rendered."""
+    fast_extraction: bool = False
+    """Trafilatura's main extractor alone, without checking it against its fallbacks
+    (readability, jusText): a fifth to a third less CPU per real page (benchmarks/tools.py), at some
+    loss of recall on the pages the main extractor misreads."""
     browse_latest_search_only: bool = False
     """Only URLs returned by the trajectory's latest search may be browsed (DeepResearcher rule)."""
 

@@ -113,7 +113,12 @@ class ToolExecutor:
                 await self._backend.start(self._dispatch.http)
             if cfg.reader == "llm" and not cfg.replay:
                 await self._check_reader()
-            self._extractor = Extractor(cfg.extract_workers, cfg.extract_timeout)
+            self._extractor = Extractor(
+                cfg.extract_workers,
+                cfg.extract_timeout,
+                text_format=cfg.text_format,
+                fast=cfg.fast_extraction,
+            )
             await self._extractor.start()
         except BaseException:
             await self.close()
@@ -206,7 +211,7 @@ class ToolExecutor:
                 fetched = await self._dispatch.attempt(
                     lambda: fetch_page(self._dispatch.pages, url, self.config), host=host
                 )
-                doc = await self._extractor.extract(fetched, self.config.text_format)
+                doc = await self._extractor.extract(fetched)
             except ToolError as e:
                 if e.kind not in PERMANENT_FAILURES:
                     raise

@@ -14,10 +14,13 @@ from dr_jax.tools.fetch import Fetched
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 _TEXT_TYPES = ("application/json", "application/xml", "text/xml")
-# trafilatura.extract's options (main text and tables, no comments) built once: extract()
-# otherwise rebuilds them from its config file's parser on every page (~15% of a small page).
+# trafilatura.extract's options (main text and tables, no comments) by (format, fast), built
+# once: extract() otherwise rebuilds them from its config file's parser on every page (~15% of
+# a small page).
 _OPTIONS = {
-    fmt: Extractor(output_format=fmt, comments=False, tables=True) for fmt in ("markdown", "txt")
+    (fmt, fast): Extractor(output_format=fmt, comments=False, tables=True, fast=fast)
+    for fmt in ("markdown", "txt")
+    for fast in (False, True)
 }
 
 
@@ -38,12 +41,12 @@ def _html_title(tree: lxml.html.HtmlElement) -> str:
     return ""
 
 
-def _from_html(body: bytes, url: str, text_format: str) -> tuple[str, str]:
+def _from_html(body: bytes, url: str, text_format: str, fast: bool) -> tuple[str, str]:
     tree = trafilatura.load_html(body)
     if tree is None:
         raise ToolError("unreadable", f"{url} is not parseable HTML")
     title = _html_title(tree)
-    options = _OPTIONS["markdown" if text_format == "markdown" else "txt"]
+    options = _OPTIONS["markdown" if text_format == "markdown" else "txt", fast]
     text = trafilatura.extract(tree, options=options)
     return title, text or ""
 
@@ -65,8 +68,11 @@ def _decode(body: bytes, charset: str | None) -> str:
         return body.decode("utf-8", errors="replace")
 
 
-def extract_document(fetched: Fetched, text_format: str = "markdown") -> Document:
-    """Readable text of a fetched body, chosen by media type (sniffed when it is missing).
+def extract_document(
+    fetched: Fetched, text_format: str = "markdown", *, fast: bool = False
+) -> Document:
+    """Readable text of a fetched body, chosen by media type (sniffed when it is missing);
+    `fast`: HTML by trafilatura's main extractor alone (ToolsConfig.fast_extraction).
 
     Binary formats other than PDF are refused with a ToolError the model can read.
     """
@@ -77,7 +83,7 @@ def extract_document(fetched: Fetched, text_format: str = "markdown") -> Documen
     elif b"\x00" in body[:8192]:
         raise ToolError("unsupported", f"{url} is binary content ({media or 'unknown type'})")
     elif media in _HTML_TYPES or (not media and head.startswith((b"<!doctype html", b"<html"))):
-        title, text = _from_html(body, url, text_format)
+        title, text = _from_html(body, url, text_format, fast)
     elif media.startswith("text/") or media in _TEXT_TYPES or not media:
         title, text = "", _decode(body, fetched.charset)
     else:

@@ -58,10 +58,10 @@ def _overtime(url: str, seconds: float) -> ToolError:
     return ToolError("timeout", f"extracting {url} took longer than {seconds:g} s")
 
 
-def _extract_reply(fetched: Fetched, text_format: str) -> _Reply:
+def _extract_reply(fetched: Fetched, text_format: str, fast: bool) -> _Reply:
     """(True, document) or (False, the ToolError to observe); never raises."""
     try:
-        return True, extract_document(fetched, text_format)
+        return True, extract_document(fetched, text_format, fast=fast)
     except ToolError as e:
         return False, e
     except Exception as e:  # a parser bug on some page must not take the worker down
@@ -78,7 +78,7 @@ def _alarm(signum: int, frame: object) -> None:
 
 def serve_stdio() -> None:
     """Worker loop, at NICENESS: "ready" once it is warmed up, then 8-byte length + pickle of
-    (Fetched, text_format, seconds) in on stdin, the same framing of `_extract_reply` out on
+    (Fetched, (text_format, fast), seconds) in on stdin, the same framing of `_extract_reply` out on
     stdout, in request order. A page that takes longer than `seconds` is abandoned by an alarm.
     Pickle is safe here: both ends are ours."""
     os.nice(NICENESS)
@@ -87,14 +87,14 @@ def serve_stdio() -> None:
     os.dup2(2, 1)  # stray prints from libraries go to stderr, not into the replies
     signal.signal(signal.SIGALRM, _alarm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; we exit on EOF
-    _extract_reply(_WARM_UP, "markdown")
+    _extract_reply(_WARM_UP, "markdown", False)
     replies.write(READY)
     replies.flush()
     while header := requests.read(8):
-        fetched, text_format, seconds = pickle.loads(requests.read(int.from_bytes(header, "big")))
+        fetched, how, seconds = pickle.loads(requests.read(int.from_bytes(header, "big")))
         try:
             signal.setitimer(signal.ITIMER_REAL, seconds)
-            reply = _extract_reply(fetched, text_format)
+            reply = _extract_reply(fetched, *how)
             signal.setitimer(signal.ITIMER_REAL, 0)
         except _Alarm:
             reply = (False, _overtime(fetched.url, seconds))
@@ -160,9 +160,11 @@ class _Worker:
                 self._answer(None)
             self._on_exit(self)
 
-    async def extract(self, fetched: Fetched, text_format: str, seconds: float) -> _Reply | None:
+    async def extract(
+        self, fetched: Fetched, how: tuple[str, bool], seconds: float
+    ) -> _Reply | None:
         """The worker's reply for the page; None when it died before starting it."""
-        payload = pickle.dumps((fetched, text_format, seconds))
+        payload = pickle.dumps((fetched, how, seconds))
         future = asyncio.get_running_loop().create_future()
         self.waiting.append((future, fetched.url))
         self._start_clock()
@@ -181,7 +183,8 @@ class _Worker:
 
 
 class Extractor:
-    """Runs `extract_document` in `workers` child processes (0: in a thread of this process).
+    """Runs `extract_document` (with `text_format` and `fast`) in `workers` child processes
+    (0: in a thread of this process).
 
     Each page goes to the worker with the fewest pages queued; a worker that dies, or is
     killed for hanging, is replaced, and while none is alive pages are extracted in a thread.
@@ -189,9 +192,17 @@ class Extractor:
     thread cannot be stopped: it finishes in the background).
     """
 
-    def __init__(self, workers: int, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        workers: int,
+        timeout: float = 30.0,
+        *,
+        text_format: str = "markdown",
+        fast: bool = False,
+    ) -> None:
         self._size = workers
         self._timeout = timeout
+        self._how = (text_format, fast)
         self._workers: list[_Worker] = []
         self._spawning: set[asyncio.Task] = set()
 
@@ -228,28 +239,28 @@ class Extractor:
             self._spawning.add(task)
             task.add_done_callback(self._spawning.discard)
 
-    async def extract(self, fetched: Fetched, text_format: str) -> Document:
+    async def extract(self, fetched: Fetched) -> Document:
         """The page's document; raises ToolError. A worker, else another one (the first died
         before it reached the page), else a thread."""
         ok, value = (
-            await self._in_worker(fetched, text_format)
-            or await self._in_worker(fetched, text_format)
-            or await self._in_thread(fetched, text_format)
+            await self._in_worker(fetched)
+            or await self._in_worker(fetched)
+            or await self._in_thread(fetched)
         )
         if not ok:
             raise value
         return value
 
-    async def _in_worker(self, fetched: Fetched, text_format: str) -> _Reply | None:
+    async def _in_worker(self, fetched: Fetched) -> _Reply | None:
         if not self._workers:
             return None
         worker = min(self._workers, key=lambda w: len(w.waiting))
-        return await worker.extract(fetched, text_format, self._timeout)
+        return await worker.extract(fetched, self._how, self._timeout)
 
-    async def _in_thread(self, fetched: Fetched, text_format: str) -> _Reply:
+    async def _in_thread(self, fetched: Fetched) -> _Reply:
         try:
             async with asyncio.timeout(self._timeout):
-                return await asyncio.to_thread(_extract_reply, fetched, text_format)
+                return await asyncio.to_thread(_extract_reply, fetched, *self._how)
         except TimeoutError:
             return False, _overtime(fetched.url, self._timeout)
 
